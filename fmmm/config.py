@@ -1,0 +1,107 @@
+"""Typed configs: dataclasses loaded from YAML with dotted command-line overrides (OmegaConf).
+
+    cfg = load_config(TrainConfig, "configs/pretrain/tiny.yaml", ["model.width=256"])
+
+Every failure (missing file, unknown key, wrong type, invalid value) raises `ConfigError` with a
+one-line message that names the offending file or key; entry points print it and exit with 2.
+Validation of values lives in each dataclass's `__post_init__` (raise `ValueError` there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded; the message is one line naming the file or key."""
+
+
+def _one_line(exc: BaseException) -> str:
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, OmegaConfBaseException):
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        key = getattr(exc, "full_key", None)
+        if key and key not in msg:
+            msg = f"{key}: {msg}"
+        return msg
+    return " ".join(str(exc).split())
+
+
+def load_config(schema: type[T], path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build a `schema` dataclass from defaults, then the YAML file at `path`, then `overrides`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"{schema!r} is not a dataclass")
+    try:
+        merged = OmegaConf.structured(schema)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid config schema {schema.__name__}: {_one_line(exc)}") from None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors come in several types
+            raise ConfigError(f"cannot parse config file {path}: {_one_line(exc)}") from None
+        if loaded is None:
+            loaded = OmegaConf.create({})
+        try:
+            merged = OmegaConf.merge(merged, loaded)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{path}: {_one_line(exc)}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {item!r}: {_one_line(exc)}") from None
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid value: {_one_line(exc)}") from None
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain-dict view of a config dataclass (for JSON/YAML output)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def config_to_yaml(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (every run does this beside its outputs)."""
+    from fmmm.utils.io import atomic_write_text
+
+    atomic_write_text(path, config_to_yaml(cfg))
+
+
+def split_cli(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Split `CONFIG [key=value ...]` command lines into the config path and the overrides."""
+    path = None
+    overrides = []
+    for arg in argv:
+        if "=" in arg:
+            overrides.append(arg)
+        elif path is None:
+            path = arg
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: give one config file, then key=value overrides")
+    return path, overrides
