@@ -33,7 +33,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def load_config(schema: type[T], path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+def load_config(
+    schema: type[T],
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> T:
     """Build a `schema` dataclass from defaults, then the YAML file at `path`, then `overrides`."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -103,5 +107,7 @@ def split_cli(argv: list[str]) -> tuple[str | None, list[str]]:
         elif path is None:
             path = arg
         else:
-            raise ConfigError(f"unexpected argument {arg!r}: give one config file, then key=value overrides")
+            raise ConfigError(
+                f"unexpected argument {arg!r}: give one config file, then key=value overrides"
+            )
     return path, overrides

@@ -36,7 +36,9 @@ class Registry:
         if name not in self._entries and name in self._lazy:
             importlib.import_module(self._lazy[name])
         if name not in self._entries:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}")
+            raise KeyError(
+                f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}"
+            )
         return self._entries[name]
 
     def names(self) -> list[str]:

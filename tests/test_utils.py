@@ -1,0 +1,53 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fmmm.registry import Registry
+from fmmm.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
+    path = tmp_path / "out" / "a.json"
+    atomic_write_json(path, {"a": 1})
+    atomic_write_text(path, "second")
+    assert path.read_text() == "second"
+    assert os.listdir(path.parent) == ["a.json"]
+
+
+def test_atomic_dir_discards_partial_output_on_error(tmp_path):
+    target = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("crash while writing")
+    assert not target.exists()
+    assert os.listdir(tmp_path) == []
+    with atomic_dir(target) as tmp:
+        (tmp / "full.bin").write_bytes(b"y")
+    assert (target / "full.bin").read_bytes() == b"y"
+
+
+def test_registry_lookup_is_lazy_and_names_unknown_entries():
+    registry = Registry("widget")
+    registry.lazy("json_encoder", "json")
+    assert "json_encoder" in registry
+    with pytest.raises(KeyError, match="unknown widget 'nope'.*json_encoder"):
+        registry.get("nope")
+
+    @registry.register("square")
+    def square(x):
+        return x * x
+
+    assert registry.get("square")(3) == 9
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("square")(lambda x: x)
+
+
+def test_import_fmmm_does_not_import_heavy_modules():
+    code = "import sys, fmmm, fmmm.config, fmmm.registry; print(sorted(m for m in ('torch', 'mujoco', 'numpy', 'omegaconf') if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
