@@ -1,0 +1,266 @@
+"""`python -m fmmm.collect --task T --episodes N --out DIR`: scripted demonstrations to a dataset.
+
+Attempt `i` runs the task's scripted expert from `episode_seed(task, seed, i, "train")` (a seed
+stream disjoint from evaluation's). The dataset holds the first N kept attempts in attempt order
+(by default only successful ones), so the result does not depend on the number of workers. Each
+finished attempt is written atomically to DIR/.staging; an interrupted run re-run with the same
+arguments only runs the missing attempts. Finally the kept episodes are numbered 0..N-1 into
+DIR/data and the metadata (info.json last) is written; see docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmmm.datasets import robot
+from fmmm.utils.io import atomic_write_json
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(task: str, base_seed: int, staging: str, keep_failures: bool) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    import fmmm.envs
+    from fmmm.policies.factory import load_policy
+
+    env = fmmm.envs.make_env(task)
+    _worker.clear()
+    _worker.update(
+        task=task,
+        base_seed=base_seed,
+        staging=Path(staging),
+        keep_failures=keep_failures,
+        env=env,
+        expert=load_policy("scripted")(env),
+    )
+
+
+def _attempt(index: int) -> dict[str, Any]:
+    """Run attempt `index`, stage its episode when kept, and return its summary (also staged)."""
+    from fmmm.eval.rollout import run_episode
+    from fmmm.eval.seeds import episode_seed
+
+    task, base_seed = _worker["task"], _worker["base_seed"]
+    columns: dict[str, list] = {
+        "observation.images.agentview": [],
+        "observation.images.wrist": [],
+        "observation.state": [],
+        "action": [],
+        "next.success": [],
+    }
+
+    def on_step(observation: dict[str, Any], action: np.ndarray, info: dict[str, Any]) -> None:
+        columns["observation.images.agentview"].append(observation["agentview"])
+        columns["observation.images.wrist"].append(observation["wrist"])
+        columns["observation.state"].append(np.asarray(observation["state"], dtype=np.float32))
+        columns["action"].append(action)
+        columns["next.success"].append(bool(info.get("is_success", False)))
+
+    seed = episode_seed(task, base_seed, index, "train")
+    policy_seed = episode_seed(task, base_seed, index, "policy")
+    result = run_episode(_worker["env"], _worker["expert"], seed, policy_seed, on_step=on_step)
+    summary = {
+        "attempt": index,
+        "seed": seed,
+        "instruction": result["instruction"],
+        "success": result["success"],
+        "success_end": result["success_end"],
+        "length": result["length"],
+        "kept": result["success"] or _worker["keep_failures"],
+    }
+    staging = _worker["staging"]
+    if summary["kept"]:
+        length = result["length"]
+        episode = {name: np.stack(values) for name, values in columns.items()}
+        episode["next.done"] = np.arange(length) == length - 1
+        robot.write_episode(staging / f"attempt_{index:06d}.parquet", episode)
+    atomic_write_json(staging / f"attempt_{index:06d}.json", summary)
+    return summary
+
+
+def _selected(done: dict[int, dict[str, Any]], episodes: int) -> list[dict[str, Any]] | None:
+    """The first `episodes` kept attempts, once every attempt before the last of them is done."""
+    selected = []
+    index = 0
+    while index in done and len(selected) < episodes:
+        if done[index]["kept"]:
+            selected.append(done[index])
+        index += 1
+    return selected if len(selected) == episodes else None
+
+
+def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[str, Any]) -> dict:
+    """Number the selected episodes 0..N-1 into out/data and write the metadata."""
+    import fmmm
+
+    tasks: list[str] = []
+    rows, samples = [], []
+    features, offset = None, 0
+    for episode_index, summary in enumerate(selected):
+        episode = robot.read_episode(staging / f"attempt_{summary['attempt']:06d}.parquet")
+        length = summary["length"]
+        if summary["instruction"] not in tasks:
+            tasks.append(summary["instruction"])
+        frame_index = np.arange(length, dtype=np.int64)
+        episode["timestamp"] = (frame_index / run["fps"]).astype(np.float32)
+        episode["frame_index"] = frame_index
+        episode["episode_index"] = np.full(length, episode_index, dtype=np.int64)
+        episode["index"] = frame_index + offset
+        episode["task_index"] = np.full(length, tasks.index(summary["instruction"]), np.int64)
+        robot.write_episode(robot.episode_path(out, episode_index), episode)
+        features = features or robot.feature_spec(episode)
+        samples.append(robot.stats_sample(episode))
+        rows.append(
+            {
+                "episode_index": episode_index,
+                "tasks": [summary["instruction"]],
+                "length": length,
+                "success": summary["success"],
+                "seed": summary["seed"],
+                "attempt": summary["attempt"],
+            }
+        )
+        offset += length
+    info = {
+        "format": robot.FORMAT_VERSION,
+        "fmmm_version": fmmm.__version__,
+        "fps": run["fps"],
+        "features": features,
+        "total_episodes": len(rows),
+        "total_frames": offset,
+        "total_tasks": len(tasks),
+        "chunks_size": robot.CHUNK_SIZE,
+        "data_path": robot.DATA_PATH,
+        "splits": {"train": f"0:{len(rows)}"},
+        **run["fingerprint"],
+        "collection": {k: run[k] for k in ("task", "seed", "keep_failures", "policy")}
+        | {"seed_split": "train", "attempts": selected[-1]["attempt"] + 1},
+    }
+    robot.write_metadata(out, info, rows, tasks, robot.compute_stats(samples))
+    return info
+
+
+def collect(
+    task: str,
+    episodes: int,
+    out: str | Path,
+    seed: int = 0,
+    workers: int = 1,
+    keep_failures: bool = False,
+    max_attempts: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Record `episodes` scripted demonstrations of `task` into dataset folder `out`; returns info."""
+    from tqdm import tqdm
+
+    import fmmm.envs
+    from fmmm.eval.rollout import env_fingerprint, parallel_map
+
+    if task not in fmmm.envs.task_names():
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(fmmm.envs.task_names())}")
+    if episodes <= 0:
+        raise ValueError(f"--episodes must be positive, got {episodes}")
+    if workers <= 0:
+        raise ValueError(f"--workers must be positive, got {workers}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    max_attempts = max_attempts or 2 * episodes + 20
+    out = Path(out)
+    wanted = {"task": task, "seed": seed, "keep_failures": keep_failures, "policy": "scripted"}
+    if (out / "meta" / "info.json").exists():
+        info = robot.RobotDataset(out).info
+        done_run = {k: v for k, v in info.get("collection", {}).items() if k in wanted}
+        if done_run == wanted and info["total_episodes"] == episodes:
+            return info
+        raise ValueError(
+            f"{out} already holds a finished dataset with other settings; pick another --out"
+        )
+    staging = out / ".staging"
+    env = fmmm.envs.make_env(task)
+    run = {**wanted, "fps": env.metadata.get("render_fps", 20), "fingerprint": env_fingerprint(env)}
+    env.close()
+    run_file = staging / "run.json"
+    if run_file.exists():
+        try:
+            staged_run = json.loads(run_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"corrupt {run_file}: {exc}") from None
+        if staged_run != run:
+            raise ValueError(
+                f"{out} holds an unfinished collection with other settings ({run_file})"
+            )
+    else:
+        atomic_write_json(run_file, run)
+
+    done: dict[int, dict[str, Any]] = {}
+    for path in staging.glob("attempt_*.json"):
+        summary = json.loads(path.read_text())
+        kept_file = staging / f"attempt_{summary['attempt']:06d}.parquet"
+        if not summary["kept"] or kept_file.exists():
+            done[summary["attempt"]] = summary
+    bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
+    bar.update(min(sum(s["kept"] for s in done.values()), episodes))
+    while (selected := _selected(done, episodes)) is None:
+        need = episodes - sum(s["kept"] for s in done.values())
+        todo = [i for i in range(max_attempts) if i not in done][: max(need, workers)]
+        if not todo:
+            kept = sum(s["kept"] for s in done.values())
+            raise ValueError(f"the expert kept only {kept} of {max_attempts} attempts on {task!r}")
+        initargs = (task, seed, str(staging), keep_failures)
+        for summary in parallel_map(
+            _attempt, todo, min(workers, len(todo)), _init_worker, initargs
+        ):
+            done[summary["attempt"]] = summary
+            kept = sum(s["kept"] for s in done.values())
+            bar.update(min(kept, episodes) - bar.n)
+            bar.set_postfix(attempts=len(done))
+    bar.close()
+    info = _finish(out, staging, selected, run)
+    shutil.rmtree(staging)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fmmm.collect", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--task", required=True, help="task name (see fmmm.envs.task_names())")
+    parser.add_argument("--episodes", type=int, required=True, help="episodes in the dataset")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (training seed stream)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    parser.add_argument("--keep-failures", action="store_true", help="keep failed attempts too")
+    parser.add_argument("--max-attempts", type=int, default=None, help="default 2N + 20")
+    args = parser.parse_args(argv)
+    try:
+        info = collect(
+            args.task,
+            args.episodes,
+            args.out,
+            args.seed,
+            args.workers,
+            args.keep_failures,
+            args.max_attempts,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    attempts = info["collection"]["attempts"]
+    print(
+        f"{args.out}: {info['total_episodes']} episodes, {info['total_frames']} frames "
+        f"({attempts} attempts)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

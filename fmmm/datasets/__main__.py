@@ -1,0 +1,43 @@
+"""`python -m fmmm.datasets {export-lerobot,import-lerobot,info} ...`: convert and inspect datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fmmm.datasets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export-lerobot", help="fmmm dataset -> LeRobot v2.1 folder")
+    export.add_argument("source", type=Path)
+    export.add_argument("destination", type=Path)
+    imported = commands.add_parser("import-lerobot", help="LeRobot v2.x folder -> fmmm dataset")
+    imported.add_argument("source", type=Path)
+    imported.add_argument("destination", type=Path)
+    info = commands.add_parser("info", help="print a dataset's meta/info.json summary")
+    info.add_argument("dataset", type=Path)
+    args = parser.parse_args(argv)
+
+    from fmmm.datasets.lerobot import export_lerobot, import_lerobot
+    from fmmm.datasets.robot import RobotDataset
+
+    try:
+        if args.command == "export-lerobot":
+            print(export_lerobot(args.source, args.destination))
+        elif args.command == "import-lerobot":
+            print(import_lerobot(args.source, args.destination))
+        else:
+            dataset = RobotDataset(args.dataset)
+            summary = {k: v for k, v in dataset.info.items() if k != "features"}
+            print(json.dumps(summary, indent=2, sort_keys=True))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

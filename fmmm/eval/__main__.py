@@ -1,0 +1,48 @@
+"""`python -m fmmm.eval --policy {scripted,random,PATH} --task NAME|all --episodes N ...`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fmmm.eval", description=__doc__)
+    parser.add_argument("--policy", required=True, help="scripted, random, or a run directory")
+    parser.add_argument("--task", default="all", help="task name or 'all'")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the evaluation episodes")
+    parser.add_argument("--out", type=Path, default=None, help="folder for results.json and videos")
+    parser.add_argument("--video", action="store_true", help="write one mp4 per episode to --out")
+    parser.add_argument("--num-envs", type=int, default=1, help="parallel environments (processes)")
+    parser.add_argument("--instruction", default=None, help="override the task instruction")
+    args = parser.parse_args(argv)
+
+    from fmmm.eval.rollout import evaluate, format_table
+    from fmmm.utils.io import atomic_write_json
+
+    try:
+        import fmmm.envs
+
+        if args.video and args.out is None:
+            raise ValueError("--video needs --out")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        tasks = fmmm.envs.task_names() if args.task == "all" else [args.task]
+        video_dir = args.out / "videos" if args.video else None
+        results = evaluate(
+            args.policy, tasks, args.episodes, args.seed, args.num_envs, video_dir, args.instruction
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    if args.out is not None:
+        atomic_write_json(args.out / "results.json", results)
+        print(f"wrote {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Rollouts: run a policy in the MuJoCo tasks, episode by episode, in parallel worker processes.
+
+Every episode's initial state comes from `episode_seed(task, base_seed, index, "eval")` and a
+stochastic policy is re-seeded per episode (`policy.seed(...)` when it has one), so the results
+do not depend on how many workers there are or which worker runs which episode.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmmm.eval.seeds import episode_seed
+from fmmm.policies.base import Policy
+
+StepHook = Callable[[dict[str, Any], np.ndarray, dict[str, Any]], None]
+
+
+def check_action(action: Any, action_dim: int) -> np.ndarray:
+    """The policy's action as float32 (action_dim,); a wrong shape or NaN raises ValueError."""
+    action = np.asarray(action, dtype=np.float32)
+    if action.shape != (action_dim,):
+        raise ValueError(
+            f"policy returned an action of shape {action.shape}, expected ({action_dim},)"
+        )
+    if not np.all(np.isfinite(action)):
+        raise ValueError("policy returned a non-finite action")
+    return action
+
+
+def run_episode(
+    env: Any,
+    policy: Policy,
+    seed: int,
+    policy_seed: int,
+    instruction: str | None = None,
+    on_step: StepHook | None = None,
+) -> dict[str, Any]:
+    """Run one episode to termination or truncation; `on_step(obs, action, info)` sees every step.
+
+    Returns success at any step and at the end, the length, the first success step, the
+    instruction the policy saw, and the seconds spent in `env.step` and in `policy.act`.
+    """
+    action_dim = int(np.prod(env.action_space.shape))
+    observation, _ = env.reset(seed=seed)
+    if hasattr(policy, "seed"):
+        policy.seed(policy_seed)
+    policy.reset()
+    if instruction is not None:
+        observation = {**observation, "instruction": instruction}
+    shown_instruction = str(observation["instruction"])
+    env_time = policy_time = 0.0
+    length, first_success = 0, None
+    success = False
+    while True:
+        start = time.perf_counter()
+        action = check_action(policy.act(observation), action_dim)
+        policy_time += time.perf_counter() - start
+        start = time.perf_counter()
+        next_observation, _, terminated, truncated, info = env.step(action)
+        env_time += time.perf_counter() - start
+        success = bool(info.get("is_success", False))
+        if on_step is not None:
+            on_step(observation, action, info)
+        if success and first_success is None:
+            first_success = length
+        length += 1
+        observation = next_observation
+        if instruction is not None:
+            observation = {**observation, "instruction": instruction}
+        if terminated or truncated:
+            break
+    return {
+        "seed": seed,
+        "instruction": shown_instruction,
+        "success": first_success is not None,
+        "success_end": success,
+        "length": length,
+        "first_success_step": first_success,
+        "env_time": env_time,
+        "policy_time": policy_time,
+        "final_observation": observation,
+    }
+
+
+def parallel_map(
+    function: Callable[[Any], Any],
+    items: Iterable[Any],
+    num_workers: int,
+    initializer: Callable[..., None],
+    initargs: tuple = (),
+) -> Iterator[Any]:
+    """Yield `function(item)` as items finish, in `num_workers` spawned processes (1: in-process)."""
+    items = list(items)
+    if num_workers <= 1:
+        initializer(*initargs)
+        for item in items:
+            yield function(item)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(num_workers, initializer=initializer, initargs=initargs) as pool:
+        yield from pool.imap_unordered(function, items, chunksize=1)
+
+
+def wilson_interval(
+    successes: int, trials: int, z: float = 1.959963984540054
+) -> tuple[float, float]:
+    """Wilson score 95% interval of a success rate."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def env_fingerprint(env: Any) -> dict[str, Any]:
+    """MuJoCo version and scene hash of an env, recorded next to every result and dataset."""
+    import mujoco
+
+    unwrapped = env.unwrapped
+    return {
+        "mujoco_version": mujoco.__version__,
+        "scene_hash": getattr(unwrapped, "scene_hash", None),
+    }
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """Write RGB frames to an mp4 atomically (temporary name, then rename)."""
+    import imageio.v2 as imageio
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def video_frame(observation: dict[str, Any]) -> np.ndarray:
+    """Agent view and wrist camera side by side."""
+    return np.concatenate([observation["agentview"], observation["wrist"]], axis=1)
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_eval_worker(
+    policy_source: str, base_seed: int, instruction: str | None, video_dir: str | None
+) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from fmmm.policies.factory import load_policy
+
+    _worker.clear()
+    _worker.update(
+        factory=load_policy(policy_source),
+        base_seed=base_seed,
+        instruction=instruction,
+        video_dir=video_dir,
+        envs={},
+    )
+
+
+def _eval_one(item: tuple[str, int]) -> dict[str, Any]:
+    import fmmm.envs
+
+    task, index = item
+    if task not in _worker["envs"]:
+        env = fmmm.envs.make_env(task)
+        _worker["envs"][task] = (env, _worker["factory"](env))
+    env, policy = _worker["envs"][task]
+    frames: list[np.ndarray] = []
+    on_step = None
+    if _worker["video_dir"] is not None:
+
+        def on_step(observation: dict[str, Any], action: np.ndarray, info: dict[str, Any]) -> None:
+            frames.append(video_frame(observation))
+
+    seed = episode_seed(task, _worker["base_seed"], index, "eval")
+    policy_seed = episode_seed(task, _worker["base_seed"], index, "policy")
+    result = run_episode(env, policy, seed, policy_seed, _worker["instruction"], on_step)
+    final_observation = result.pop("final_observation")
+    row = {"task": task, "episode": index, **result, "video": None}
+    if _worker["video_dir"] is not None:
+        frames.append(video_frame(final_observation))
+        outcome = "success" if result["success"] else "failure"
+        name = f"{task}_ep{index:03d}_{outcome}.mp4"
+        write_video(Path(_worker["video_dir"]) / name, frames, env.metadata.get("render_fps", 20))
+        row["video"] = name
+    return row
+
+
+def evaluate(
+    policy: str,
+    tasks: list[str],
+    episodes: int,
+    base_seed: int = 0,
+    num_envs: int = 1,
+    video_dir: str | os.PathLike | None = None,
+    instruction: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `policy` (name or run dir) on `tasks`; per-episode rows, per-task summaries, timings."""
+    from tqdm import tqdm
+
+    import fmmm.envs
+
+    if episodes <= 0:
+        raise ValueError(f"--episodes must be positive, got {episodes}")
+    if num_envs <= 0:
+        raise ValueError(f"--num-envs must be positive, got {num_envs}")
+    known = fmmm.envs.task_names()
+    for task in tasks:
+        if task not in known:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(known)}")
+    from fmmm.policies.factory import load_policy
+
+    load_policy(policy)  # fail fast in this process on a bad name or run dir
+    if video_dir is not None:
+        Path(video_dir).mkdir(parents=True, exist_ok=True)
+    fingerprints = {}
+    for task in tasks:
+        env = fmmm.envs.make_env(task)
+        fingerprints[task] = env_fingerprint(env)
+        env.close()
+    items = [(task, index) for task in tasks for index in range(episodes)]
+    rows = []
+    start = time.perf_counter()
+    initargs = (policy, base_seed, instruction, None if video_dir is None else str(video_dir))
+    results = parallel_map(_eval_one, items, min(num_envs, len(items)), _init_eval_worker, initargs)
+    for row in tqdm(results, total=len(items), desc="eval", disable=not progress, unit="ep"):
+        rows.append(row)
+    wall = time.perf_counter() - start
+    rows.sort(key=lambda r: (tasks.index(r["task"]), r["episode"]))
+    summary, timings = {}, {"num_envs": num_envs, "wall_seconds": wall, "tasks": {}}
+    for task in tasks:
+        task_rows = [r for r in rows if r["task"] == task]
+        steps = sum(r["length"] for r in task_rows)
+        wins = sum(r["success"] for r in task_rows)
+        low, high = wilson_interval(wins, len(task_rows))
+        summary[task] = {
+            "episodes": len(task_rows),
+            "success_rate": wins / len(task_rows),
+            "success_ci95": [low, high],
+            "success_end_rate": sum(r["success_end"] for r in task_rows) / len(task_rows),
+            "mean_length": steps / len(task_rows),
+        }
+        env_time = sum(r["env_time"] for r in task_rows)
+        policy_time = sum(r["policy_time"] for r in task_rows)
+        timings["tasks"][task] = {
+            "env_steps_per_second": steps / env_time if env_time > 0 else float("inf"),
+            "policy_actions_per_second": steps / policy_time if policy_time > 0 else float("inf"),
+        }
+    for row in rows:
+        row.pop("env_time")
+        row.pop("policy_time")
+    return {
+        "policy": policy,
+        "instruction_override": instruction,
+        "base_seed": base_seed,
+        "episodes_per_task": episodes,
+        "environment": fingerprints,
+        "summary": summary,
+        "episodes": rows,
+        "timings": timings,
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Plain-text table, one row per task; success counts an episode successful at any step."""
+    header = (
+        f"{'task':<24} {'n':>4} {'success':>8} {'95% CI':>15} {'at end':>7} "
+        f"{'mean len':>9} {'env steps/s':>12} {'actions/s':>10}"
+    )
+    lines = [
+        f"policy: {results['policy']}  seed: {results['base_seed']}",
+        header,
+        "-" * len(header),
+    ]
+    for task, s in results["summary"].items():
+        t = results["timings"]["tasks"][task]
+        low, high = s["success_ci95"]
+        lines.append(
+            f"{task:<24} {s['episodes']:>4} {s['success_rate']:>8.1%} {f'[{low:.1%}, {high:.1%}]':>15} "
+            f"{s['success_end_rate']:>7.1%} {s['mean_length']:>9.1f} "
+            f"{t['env_steps_per_second']:>12.1f} {t['policy_actions_per_second']:>10.1f}"
+        )
+    return "\n".join(lines)

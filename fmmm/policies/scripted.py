@@ -1,0 +1,16 @@
+"""The privileged-state scripted expert of each task, as a registered policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fmmm.policies.factory import PolicyFactory, policy_registry
+
+
+@policy_registry.register("scripted")
+def load_scripted(run_dir: Path | None, config: dict[str, Any]) -> PolicyFactory:
+    """Factory of `fmmm.envs.experts.ScriptedExpert`, one per env (it reads the env's state)."""
+    from fmmm.envs.experts import ScriptedExpert
+
+    return ScriptedExpert
