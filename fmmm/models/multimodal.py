@@ -1,0 +1,269 @@
+"""MultimodalModel: modality encoders + Transformer backbone + LM head + pooled projection heads.
+
+    model = MultimodalModel(MultimodalConfig(backbone=preset("debug")))
+    out = model(batch)              # batch: fmmm.tokenizers.sequence.MultimodalBatch
+    out["logits"]                   # (B, L, vocab_size): text ids, then action bins at action_offset
+    out["loss"]                     # next-token cross-entropy on batch.targets + aux_loss
+
+Incremental decoding (for VLA policies):
+
+    cache = model.new_cache(batch_size, max_len)
+    out = model.prefill(prefix_batch, cache)                     # logits for the prefix
+    out = model.decode(next_ids, next_positions, cache)          # (B, T) ids, (B, T, 3) positions
+
+Saved as `config.json` + `model.safetensors` by `save_pretrained(dir)`; `from_pretrained(dir)` loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmmm.models.backbone import KVCache, Transformer, TransformerConfig
+from fmmm.models.encoders import (
+    PatchEmbedding,
+    PooledProjection,
+    StateEmbedding,
+    TextEmbedding,
+    VisionTower,
+)
+from fmmm.tokenizers.sequence import Modality
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CONTINUOUS = ("image", "video", "audio", "state")
+POOLED = ("text", "image", "video", "audio", "state")
+
+
+@dataclass
+class MultimodalConfig:
+    """Backbone shape, shared vocabulary and the tokenizer settings the encoders' inputs follow."""
+
+    backbone: TransformerConfig = field(default_factory=TransformerConfig)
+    text_vocab_size: int = 1024
+    action_bins: int = 256
+    image_size: int = 64
+    patch_size: int = 8
+    video_tubelet: int = 2
+    audio_features: int = 256  # n_mels * frames_per_patch of the audio tokenizer
+    state_dim: int = 0  # 0: no state encoder
+    embed_dim: int = 256  # width of the pooled contrastive embeddings
+    z_loss_weight: float = 0.0  # weight of mean(logsumexp(logits)^2) (Chameleon / PaLM z-loss)
+    tie_embeddings: bool = False
+    vision_tower: str = ""  # "" patch embedding; or "timm:<name>" / "open_clip:<name>"
+    vision_tower_weights: str = ""  # "", "pretrained" or a checkpoint path (see VisionTower)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone, dict):
+            self.backbone = TransformerConfig(**self.backbone)
+        for name in (
+            "text_vocab_size",
+            "image_size",
+            "patch_size",
+            "video_tubelet",
+            "audio_features",
+            "embed_dim",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.action_bins < 0 or self.state_dim < 0:
+            raise ValueError("action_bins and state_dim must be >= 0")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
+        if self.z_loss_weight < 0:
+            raise ValueError(f"z_loss_weight must be >= 0, got {self.z_loss_weight}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_vocab_size + self.action_bins
+
+    @property
+    def action_offset(self) -> int:
+        return self.text_vocab_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class MultimodalModel(nn.Module):
+    """One backbone over every modality; see the module docstring for the API."""
+
+    def __init__(self, config: MultimodalConfig):
+        super().__init__()
+        self.config = config
+        dim, patch = config.backbone.dim, config.patch_size
+        self.embed = TextEmbedding(config.vocab_size, dim, config.backbone.init_std)
+        self.modality_embed = nn.Embedding(len(Modality), dim)
+        nn.init.zeros_(self.modality_embed.weight)
+        encoders: dict[str, nn.Module] = {
+            "video": PatchEmbedding(config.video_tubelet * 3 * patch * patch, dim),
+            "audio": PatchEmbedding(config.audio_features, dim),
+        }
+        if config.vision_tower:
+            encoders["image"] = VisionTower(
+                config.vision_tower, dim, config.image_size, patch, config.vision_tower_weights
+            )
+        else:
+            encoders["image"] = PatchEmbedding(3 * patch * patch, dim)
+        if config.state_dim:
+            encoders["state"] = StateEmbedding(config.state_dim, dim)
+        self.encoders = nn.ModuleDict(encoders)
+        self.backbone = Transformer(config.backbone)
+        self.lm_head = nn.Linear(dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=config.backbone.init_std)
+        self.pooled_heads = nn.ModuleDict(
+            {m: PooledProjection(dim, config.embed_dim) for m in POOLED}
+        )
+
+    @property
+    def action_offset(self) -> int:
+        """Id of action bin 0 in the shared vocabulary (logits[..., action_offset:] are the bins)."""
+        return self.config.action_offset
+
+    def embed_batch(self, batch: Any) -> torch.Tensor:
+        """Token embeddings (B, L, D): discrete ids embedded, continuous features scattered in."""
+        ids, modality = batch.input_ids, batch.modality
+        if ids.shape != modality.shape or ids.dim() != 2:
+            raise ValueError(
+                f"input_ids {tuple(ids.shape)} and modality {tuple(modality.shape)} must be equal (B, L)"
+            )
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
+        x = self.embed(ids) + self.modality_embed(modality)  # (B, L, D)
+        for name, features in batch.features.items():
+            if name not in self.encoders:
+                raise ValueError(f"batch has {name!r} features but the model has no {name} encoder")
+            where = (modality == int(Modality[name.upper()])).nonzero(as_tuple=True)
+            if features.shape[0] != where[0].numel():
+                raise ValueError(
+                    f"features[{name!r}] has {features.shape[0]} rows for {where[0].numel()} {name} positions"
+                )
+            if not torch.isfinite(features).all():
+                raise ValueError(f"features[{name!r}] contains NaN or inf")
+            encoded = self.encoders[name](features.to(x.dtype))  # (N_m, D)
+            x = x.index_put(where, x[where] + encoded)
+        return x
+
+    @staticmethod
+    def _mask(batch: Any) -> torch.Tensor | None:
+        """None when the batch is one unpadded causal sample per row (fast SDPA path)."""
+        if bool((batch.sample_ids == 1).all()) and not bool(batch.prefix.any()):
+            return None
+        return batch.attention_mask
+
+    def _outputs(
+        self, hidden: torch.Tensor, moe_aux: torch.Tensor, targets: torch.Tensor | None
+    ) -> dict:
+        logits = self.lm_head(hidden)  # (B, L, V)
+        out = {"hidden": hidden, "logits": logits, "moe_aux_loss": moe_aux}
+        aux = moe_aux
+        if targets is not None and bool((targets != -100).any()):
+            valid = targets != -100
+            flat_logits = logits.float()
+            out["ce_loss"] = F.cross_entropy(flat_logits[valid], targets[valid])
+            if self.config.z_loss_weight:
+                z_loss = flat_logits[valid].logsumexp(-1).square().mean()
+                out["z_loss"] = z_loss
+                aux = aux + self.config.z_loss_weight * z_loss
+            out["loss"] = out["ce_loss"] + aux
+        out["aux_loss"] = aux
+        return out
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Run a `MultimodalBatch`.
+
+        Returns `hidden` (B, L, D), `logits` (B, L, V), `aux_loss` (MoE balance + z-loss, scalar),
+        `moe_aux_loss`, and when any target is set `ce_loss`, `z_loss` (if enabled) and `loss`.
+        """
+        x = self.embed_batch(batch)
+        hidden, moe_aux = self.backbone(x, batch.positions, self._mask(batch))
+        return self._outputs(hidden, moe_aux, batch.targets)
+
+    def embed_pooled(self, batch: Any, modality: str) -> torch.Tensor:
+        """L2-normalized embeddings (B, embed_dim) of a one-sample-per-row batch of `modality`."""
+        if modality not in self.pooled_heads:
+            raise ValueError(f"modality must be one of {', '.join(POOLED)}, got {modality!r}")
+        x = self.embed_batch(batch)
+        hidden, _ = self.backbone(x, batch.positions, self._mask(batch))
+        valid = batch.modality == int(Modality[modality.upper()])  # (B, L)
+        return self.pooled_heads[modality](hidden, valid)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache on the model's device and dtype."""
+        weight = self.lm_head.weight
+        return KVCache(self.config.backbone, batch_size, max_len, weight.device, weight.dtype)
+
+    def prefill(self, batch: Any, cache: KVCache) -> dict[str, torch.Tensor]:
+        """Run a prefix batch into an empty `cache` (its own masks and positions); outputs as forward."""
+        if cache.length:
+            raise ValueError("prefill needs an empty cache")
+        x = self.embed_batch(batch)
+        hidden, moe_aux = self.backbone(x, batch.positions, self._mask(batch), cache)
+        return self._outputs(hidden, moe_aux, None)
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,  # (B, T) long, in the shared vocabulary
+        positions: torch.Tensor,  # (B, T, 3) long, e.g. (t, 0, 0) continuing the prefix
+        cache: KVCache,
+        modality: int = int(Modality.ACTION),
+    ) -> dict[str, torch.Tensor]:
+        """Append T discrete tokens after the cached ones (causal over the cache); returns
+        `hidden` (B, T, D) and `logits` (B, T, V)."""
+        if cache.length == 0:
+            raise ValueError("decode needs a prefilled cache")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
+        x = self.embed(input_ids) + self.modality_embed.weight[modality]
+        hidden, moe_aux = self.backbone(x, positions, None, cache)
+        return self._outputs(hidden, moe_aux, None)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors into `directory` (other files there are kept)."""
+        from safetensors.torch import save
+
+        from fmmm.utils.io import atomic_write_bytes, atomic_write_json
+
+        directory = Path(directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight")
+        atomic_write_bytes(directory / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+        atomic_write_json(
+            directory / CONFIG_FILE, {"model": "MultimodalModel", **self.config.to_dict()}
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
+    ) -> MultimodalModel:
+        """Load a model written by `save_pretrained` (pretrained tower weights are not re-fetched)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise ValueError(f"{directory} has no {name}; not a saved MultimodalModel")
+        raw = json.loads((directory / CONFIG_FILE).read_text())
+        if raw.pop("model", None) != "MultimodalModel":
+            raise ValueError(f"{directory / CONFIG_FILE} does not describe a MultimodalModel")
+        raw["vision_tower_weights"] = ""
+        model = cls(MultimodalConfig(**raw))
+        state = load_file(directory / WEIGHTS_FILE, device=str(device))
+        if model.config.tie_embeddings:
+            state["lm_head.weight"] = state["embed.weight"]
+        model.load_state_dict(state)
+        return model.to(device)
