@@ -1,0 +1,259 @@
+"""The tabletop gymnasium environment: a 6-DoF arm driven by end-effector deltas through IK.
+
+Control: each `step` maps the 7-D action in [-1, 1] to a bounded end-effector delta (position,
+axis-angle rotation) and a gripper command, solves one damped-least-squares IK step on the site
+Jacobian for joint-position targets, then runs `n_substeps` physics steps (one `mj_step` call).
+Cameras render once per control step.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from fmmm.envs.scene import scene_hash, scene_xml
+from fmmm.envs.spec import TaskSpec, load_task
+from fmmm.envs.tasks import build_task
+
+ARM_JOINTS = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
+FINGER_OPEN = 0.04  # per finger, metres
+STATE_DIM = 14  # 6 joints, gripper opening, end-effector position (3) and quaternion (4)
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-_"
+# The gripper points down and rotates about the vertical: hand x axis along world -x at yaw 0.
+DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
+
+
+def rotvec_of(mat: np.ndarray) -> np.ndarray:
+    """Axis-angle vector of a 3x3 rotation matrix."""
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, mat.reshape(9))
+    vel = np.empty(3)
+    mujoco.mju_quat2Vel(vel, quat, 1.0)
+    return vel
+
+
+def rotation_of(rotvec: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix of an axis-angle vector."""
+    angle = float(np.linalg.norm(rotvec))
+    if angle < 1e-12:
+        return np.eye(3)
+    quat = np.empty(4)
+    mujoco.mju_axisAngle2Quat(quat, rotvec / angle, angle)
+    mat = np.empty(9)
+    mujoco.mju_quat2Mat(mat, quat)
+    return mat.reshape(3, 3)
+
+
+class TabletopEnv(gym.Env):
+    """One task of the fmmm tabletop suite (see docs/architecture.md for the contract).
+
+    Args:
+        task: task spec name (`tasks/<task>.yaml`), a YAML path, or a `TaskSpec`.
+        render: render the agent-view and wrist cameras; False gives state-only observations
+            (no image keys) for fast expert checks and benchmarks.
+        image_size: height and width of both camera images.
+        control_hz: control steps per simulated second (physics runs at the model's timestep).
+        terminate_on_success: end the episode (terminated=True) on the first successful step.
+        render_mode: gymnasium render mode; "rgb_array" makes `render()` return the agent view.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        task: str | TaskSpec = "pick_place",
+        render: bool = True,
+        image_size: int = 64,
+        control_hz: float = 10.0,
+        terminate_on_success: bool = True,
+        render_mode: str | None = None,
+        max_pos_delta: float = 0.04,
+        max_rot_delta: float = 0.25,
+    ):
+        if image_size < 8 or image_size > 640:
+            raise ValueError(f"image_size must be in [8, 640], got {image_size}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.spec_task = task if isinstance(task, TaskSpec) else load_task(task)
+        self.xml = scene_xml(self.spec_task)
+        self.model = mujoco.MjModel.from_xml_string(self.xml)
+        self.data = mujoco.MjData(self.model)
+        physics_hz = 1.0 / self.model.opt.timestep
+        self.n_substeps = int(round(physics_hz / control_hz))
+        if (
+            self.n_substeps < 1
+            or abs(self.n_substeps * control_hz - physics_hz) > 1e-6 * physics_hz
+        ):
+            raise ValueError(
+                f"control_hz {control_hz} must divide the physics rate {physics_hz:g} Hz"
+            )
+        self.control_hz = control_hz
+        self.render_images = render
+        self.image_size = image_size
+        self.render_mode = render_mode
+        self.terminate_on_success = terminate_on_success
+        self.max_pos_delta = max_pos_delta
+        self.max_rot_delta = max_rot_delta
+        self.max_steps = self.spec_task.max_steps
+        self.metadata = {**self.metadata, "render_fps": control_hz}
+        self.task = build_task(self.spec_task, self.model)
+
+        model = self.model
+        self.arm_qpos = np.array([model.jnt_qposadr[model.joint(j).id] for j in ARM_JOINTS])
+        self.arm_dof = np.array([model.jnt_dofadr[model.joint(j).id] for j in ARM_JOINTS])
+        self.finger_qpos = np.array(
+            [model.jnt_qposadr[model.joint(f).id] for f in ("finger_left", "finger_right")]
+        )
+        self.arm_range = model.jnt_range[[model.joint(j).id for j in ARM_JOINTS]].copy()
+        self.arm_act = np.array([model.actuator(j).id for j in ARM_JOINTS])
+        self.finger_act = np.array([model.actuator(f).id for f in ("finger_left", "finger_right")])
+        self.home_qpos = model.numeric("home_qpos").data.copy()
+        self.ee_site = model.site("ee").id
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+        self._damping = 2.5e-3 * np.eye(6)
+        self._target_pos = np.zeros(3)
+        self._target_rot = np.eye(3)
+        self._renderer: mujoco.Renderer | None = None
+        self._steps = 0
+
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
+        spaces: dict[str, gym.Space] = {
+            "state": gym.spaces.Box(-np.inf, np.inf, shape=(STATE_DIM,), dtype=np.float32),
+            "instruction": gym.spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
+        }
+        if render:
+            image = gym.spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+            spaces = {"agentview": image, "wrist": image, **spaces}
+        self.observation_space = gym.spaces.Dict(spaces)
+
+    # ----- gymnasium API -----
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        model, data = self.model, self.data
+        mujoco.mj_resetData(model, data)
+        noise = self.np_random.uniform(-1.0, 1.0, size=6) * self.spec_task.init.arm_noise
+        data.qpos[self.arm_qpos] = self.home_qpos + noise
+        data.qpos[self.finger_qpos] = FINGER_OPEN
+        self.task.reset(self.np_random, data)
+        data.ctrl[self.arm_act] = data.qpos[self.arm_qpos]
+        data.ctrl[self.finger_act] = FINGER_OPEN
+        mujoco.mj_forward(model, data)
+        self._target_pos = data.site_xpos[self.ee_site].copy()
+        self._target_rot = data.site_xmat[self.ee_site].reshape(3, 3).copy()
+        self._steps = 0
+        self._instruction = self.task.instruction()
+        return self._observation(), {"is_success": self.task.is_success(data)}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (7,):
+            raise ValueError(f"action must have shape (7,), got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError("action contains NaN or inf")
+        action = np.clip(action, -1.0, 1.0)
+        self._apply_action(action)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        # Positions (and the Jacobian's COM terms) at the new state, for the observation and next IK.
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        self._steps += 1
+        success = self.task.is_success(self.data)
+        terminated = bool(success and self.terminate_on_success)
+        truncated = self._steps >= self.max_steps and not terminated
+        return self._observation(), float(success), terminated, truncated, {"is_success": success}
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        return self._camera("agentview")
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ----- control -----
+    def _apply_action(self, action: np.ndarray) -> None:
+        data = self.data
+        ee_pos = data.site_xpos[self.ee_site]
+        ee_rot = data.site_xmat[self.ee_site].reshape(3, 3)
+        # The commanded pose leads the measured one by at most two steps, so a blocked arm
+        # (pressing on the table, holding a load) does not wind up.
+        lead = self._target_pos + action[:3] * self.max_pos_delta - ee_pos
+        lead_norm = np.linalg.norm(lead)
+        if lead_norm > 2 * self.max_pos_delta:
+            lead *= 2 * self.max_pos_delta / lead_norm
+        self._target_pos = ee_pos + lead
+        target_rot = rotation_of(action[3:6] * self.max_rot_delta) @ self._target_rot
+        rot_error = rotvec_of(target_rot @ ee_rot.T)
+        rot_norm = np.linalg.norm(rot_error)
+        if rot_norm > 2 * self.max_rot_delta:
+            rot_error *= 2 * self.max_rot_delta / rot_norm
+        self._target_rot = rotation_of(rot_error) @ ee_rot
+
+        mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.ee_site)
+        jac = np.vstack([self._jacp[:, self.arm_dof], self._jacr[:, self.arm_dof]])
+        error = np.concatenate([lead, rot_error])
+        dq = jac.T @ np.linalg.solve(jac @ jac.T + self._damping, error)
+        qpos = data.qpos[self.arm_qpos]
+        data.ctrl[self.arm_act] = np.clip(qpos + dq, self.arm_range[:, 0], self.arm_range[:, 1])
+        data.ctrl[self.finger_act] = FINGER_OPEN * (1.0 - action[6]) / 2.0
+
+    # ----- observations -----
+    def _state(self) -> np.ndarray:
+        data = self.data
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, data.site_xmat[self.ee_site])
+        if quat[0] < 0:
+            quat = -quat
+        opening = data.qpos[self.finger_qpos].sum()
+        return np.concatenate(
+            [data.qpos[self.arm_qpos], [opening], data.site_xpos[self.ee_site], quat]
+        ).astype(np.float32)
+
+    def _camera(self, name: str) -> np.ndarray:
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        mujoco.mj_camlight(self.model, self.data)
+        self._renderer.update_scene(self.data, camera=name)
+        return self._renderer.render()
+
+    def _observation(self) -> dict[str, Any]:
+        obs: dict[str, Any] = {}
+        if self.render_images:
+            obs["agentview"] = self._camera("agentview")
+            obs["wrist"] = self._camera("wrist")
+        obs["state"] = self._state()
+        obs["instruction"] = self._instruction
+        return obs
+
+    # ----- provenance and privileged access -----
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def metadata_record(self) -> dict[str, Any]:
+        """What every dataset and result should record about this env (versions, scene hash)."""
+        from fmmm.config import config_to_dict
+
+        return {
+            "task": self.spec_task.name,
+            "task_spec": config_to_dict(self.spec_task),
+            "mujoco_version": mujoco.__version__,
+            "scene_sha256": scene_hash(self.xml),
+            "control_hz": self.control_hz,
+            "physics_timestep": float(self.model.opt.timestep),
+            "n_substeps": self.n_substeps,
+            "image_size": self.image_size,
+            "render": self.render_images,
+            "max_steps": self.max_steps,
+        }
+
+    def episode_record(self) -> dict[str, Any]:
+        """What the current episode asks for (named object, target) and its instruction."""
+        return {**self.task.episode_record(), "instruction": self._instruction}

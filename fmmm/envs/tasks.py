@@ -1,0 +1,231 @@
+"""Task kinds: initial-state sampling and success detection from the simulator state.
+
+Each kind (`reach`, `lift`, `push`, `pick_place`, `stack`, `open_drawer`) is registered by name;
+a task spec (`tasks/*.yaml`) picks one and supplies its objects, ranges and thresholds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from fmmm.envs.spec import ObjectSpec, TaskSpec
+from fmmm.registry import Registry
+
+KIND_REGISTRY = Registry("task kind")
+
+
+class Task:
+    """Base task: places every object (and target) at reset; subclasses define success."""
+
+    def __init__(self, spec: TaskSpec, model: mujoco.MjModel):
+        self.spec = spec
+        self.model = model
+        self.ee_site = model.site("ee").id
+        self.finger_geoms = np.array([model.geom("finger_left").id, model.geom("finger_right").id])
+        self.objects = {o.name: o for o in spec.objects}
+        self.body = {o.name: model.body(o.name).id for o in spec.objects}
+        self.qpos_adr = {
+            o.name: model.jnt_qposadr[model.joint(f"{o.name}_joint").id] for o in spec.objects
+        }
+        self.geom = {o.name: model.geom(o.name).id for o in spec.objects}
+        self.mocap = {t.name: model.body_mocapid[model.body(t.name).id] for t in spec.targets}
+        self.labels = {o.name: o.label for o in spec.objects}
+        self.labels.update({t.name: t.label for t in spec.targets})
+        self.labels.update({d.name: d.label for d in spec.drawers})
+        self.object_name = spec.candidates[0]
+        self.target_name: str | None = None
+
+    # ----- reset -----
+    def reset(self, rng: np.random.Generator, data: mujoco.MjData) -> None:
+        """Pick what the instruction names and place the scene; only `rng` is drawn from."""
+        self.object_name = str(rng.choice(self.spec.candidates))
+        self.target_name = self.choose_target(rng)
+        self.place_all(rng, data, self.fixed_positions(rng))
+
+    def choose_target(self, rng: np.random.Generator) -> str | None:
+        if not self.spec.targets:
+            return None
+        return str(rng.choice([t.name for t in self.spec.targets]))
+
+    def fixed_positions(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {}
+
+    def sample_xy(self, rng: np.random.Generator, taken: list[np.ndarray]) -> np.ndarray:
+        init = self.spec.init
+        for _ in range(1000):
+            xy = np.array([rng.uniform(*init.x), rng.uniform(*init.y)])
+            if all(np.linalg.norm(xy - other) >= init.min_distance for other in taken):
+                return xy
+        raise RuntimeError(
+            f"task {self.spec.name}: cannot place the objects {init.min_distance} m apart in the init region; widen init.x/init.y"
+        )
+
+    def place_all(
+        self, rng: np.random.Generator, data: mujoco.MjData, fixed: dict[str, np.ndarray]
+    ) -> None:
+        taken = list(fixed.values())
+        positions = dict(fixed)
+        names = [o.name for o in self.spec.objects] + [t.name for t in self.spec.targets]
+        for name in names:
+            if name not in positions:
+                positions[name] = self.sample_xy(rng, taken)
+                taken.append(positions[name])
+        for obj in self.spec.objects:
+            yaw = rng.uniform(*self.spec.init.yaw)
+            adr = self.qpos_adr[obj.name]
+            data.qpos[adr : adr + 3] = [*positions[obj.name], obj.rest_height]
+            data.qpos[adr + 3 : adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        for target in self.spec.targets:
+            data.mocap_pos[self.mocap[target.name]] = [*positions[target.name], 0.001]
+
+    # ----- language -----
+    def instruction(self) -> str:
+        fields = {"object": self.labels[self.object_name]}
+        if self.target_name is not None:
+            fields["target"] = self.labels[self.target_name]
+        return self.spec.instruction.format(**fields)
+
+    # ----- state views (privileged; used by the detectors and the scripted experts) -----
+    def object_pos(self, data: mujoco.MjData, name: str | None = None) -> np.ndarray:
+        return data.xpos[self.body[name or self.object_name]].copy()
+
+    def object_yaw(self, data: mujoco.MjData, name: str | None = None) -> float:
+        mat = data.xmat[self.body[name or self.object_name]].reshape(3, 3)
+        return float(np.arctan2(mat[1, 0], mat[0, 0]))
+
+    def target_pos(self, data: mujoco.MjData) -> np.ndarray:
+        if self.target_name in self.mocap:
+            return data.mocap_pos[self.mocap[self.target_name]].copy()
+        return self.object_pos(data, self.target_name)
+
+    def ee_pos(self, data: mujoco.MjData) -> np.ndarray:
+        return data.site_xpos[self.ee_site].copy()
+
+    def touching_fingers(self, data: mujoco.MjData, name: str) -> bool:
+        """Whether either finger is in contact with object `name` (the object is held)."""
+        if data.ncon == 0:
+            return False
+        pairs = data.contact.geom[: data.ncon]
+        with_object = (pairs == self.geom[name]).any(axis=1)
+        with_finger = np.isin(pairs, self.finger_geoms).any(axis=1)
+        return bool((with_object & with_finger).any())
+
+    def rest_height(self, name: str | None = None) -> float:
+        return self.objects[name or self.object_name].rest_height
+
+    def episode_record(self) -> dict[str, Any]:
+        return {"object": self.object_name, "target": self.target_name}
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        raise NotImplementedError
+
+
+@KIND_REGISTRY.register("reach")
+class Reach(Task):
+    """Bring the gripper's grasp point within `success.distance` of the named object's centre."""
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        gap = np.linalg.norm(self.ee_pos(data) - self.object_pos(data))
+        return bool(gap < self.spec.success.distance)
+
+
+@KIND_REGISTRY.register("lift")
+class Lift(Task):
+    """Raise the named object `success.lift_height` above its resting height."""
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        height = self.object_pos(data)[2] - self.rest_height()
+        return bool(height > self.spec.success.lift_height)
+
+
+@KIND_REGISTRY.register("push")
+class Push(Task):
+    """Slide the named object until its centre is within `success.distance` of the target's."""
+
+    def fixed_positions(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        init = self.spec.init
+        for _ in range(1000):
+            start = np.array([rng.uniform(*init.x), rng.uniform(*init.y)])
+            angle = rng.uniform(-np.pi, np.pi)
+            goal = start + rng.uniform(*init.push_distance) * np.array(
+                [np.cos(angle), np.sin(angle)]
+            )
+            if init.x[0] <= goal[0] <= init.x[1] and init.y[0] <= goal[1] <= init.y[1]:
+                return {self.object_name: start, self.target_name: goal}
+        raise RuntimeError(
+            f"task {self.spec.name}: init.push_distance does not fit the init region"
+        )
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        gap = np.linalg.norm(self.object_pos(data)[:2] - self.target_pos(data)[:2])
+        return bool(gap < self.spec.success.distance)
+
+
+@KIND_REGISTRY.register("pick_place")
+class PickPlace(Task):
+    """Put the named object on the target region, resting and released."""
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        pos = self.object_pos(data)
+        gap = np.linalg.norm(pos[:2] - self.target_pos(data)[:2])
+        resting = pos[2] < self.rest_height() + self.spec.success.height_tolerance
+        return bool(
+            gap < self.spec.success.distance
+            and resting
+            and not self.touching_fingers(data, self.object_name)
+        )
+
+
+@KIND_REGISTRY.register("stack")
+class Stack(Task):
+    """Rest the named object on top of another named cube, released."""
+
+    def __init__(self, spec: TaskSpec, model: mujoco.MjModel):
+        super().__init__(spec, model)
+        self.bases = [o.name for o in spec.objects if o.shape == "cube"]
+        if not self.bases or (
+            len(self.bases) == 1 and self.bases[0] in spec.candidates and len(spec.candidates) == 1
+        ):
+            raise ValueError(
+                f"task {spec.name}: stack needs a cube to stack on besides the named object"
+            )
+
+    def choose_target(self, rng: np.random.Generator) -> str | None:
+        return str(rng.choice([b for b in self.bases if b != self.object_name]))
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        top, base = self.object_pos(data), self.object_pos(data, self.target_name)
+        top_spec: ObjectSpec = self.objects[self.object_name]
+        expected = base[2] + self.rest_height(self.target_name) + top_spec.rest_height
+        aligned = np.linalg.norm(top[:2] - base[:2]) < self.spec.success.distance
+        seated = abs(top[2] - expected) < self.spec.success.height_tolerance
+        return bool(aligned and seated and not self.touching_fingers(data, self.object_name))
+
+
+@KIND_REGISTRY.register("open_drawer")
+class OpenDrawer(Task):
+    """Pull the named drawer out by at least `success.open_distance`."""
+
+    def __init__(self, spec: TaskSpec, model: mujoco.MjModel):
+        super().__init__(spec, model)
+        self.slide_adr = {
+            d.name: model.jnt_qposadr[model.joint(f"{d.name}_slide").id] for d in spec.drawers
+        }
+        self.handle = {d.name: model.geom(f"{d.name}_handle").id for d in spec.drawers}
+
+    def drawer_opening(self, data: mujoco.MjData, name: str | None = None) -> float:
+        return float(data.qpos[self.slide_adr[name or self.object_name]])
+
+    def handle_pos(self, data: mujoco.MjData) -> np.ndarray:
+        return data.geom_xpos[self.handle[self.object_name]].copy()
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        return self.drawer_opening(data) > self.spec.success.open_distance
+
+
+def build_task(spec: TaskSpec, model: mujoco.MjModel) -> Task:
+    """The task object of `spec.kind` bound to the compiled scene."""
+    return KIND_REGISTRY.get(spec.kind)(spec, model)
