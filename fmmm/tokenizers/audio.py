@@ -49,7 +49,7 @@ class AudioTokenizer:
         if isinstance(waveforms, torch.Tensor):
             if waveforms.ndim != 2:
                 raise ValueError(
-                    f"waveforms must be (B, S) or a list of 1-D tensors, got {tuple(waveforms.shape)}"
+                    f"waveforms must be (B, S) or a list of 1-D tensors, got shape {tuple(waveforms.shape)}"
                 )
             waveforms = list(waveforms)
         if not isinstance(waveforms, Sequence) or len(waveforms) == 0:
