@@ -1,0 +1,147 @@
+"""Scale accounting: exact counts, FLOPs against a FLOP counter, memory, planner, CLI."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fmmm.models.backbone import Transformer, TransformerConfig, preset
+from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
+from fmmm.scaling import (
+    PRESETS,
+    ModelShape,
+    chinchilla_loss,
+    compute_optimal,
+    main,
+    meta_parameter_count,
+    shape_of,
+    training_memory,
+)
+
+VOCAB = 100
+CONFIGS = [
+    preset("debug"),
+    TransformerConfig(dim=96, n_layers=3, n_heads=6, n_kv_heads=3, qk_norm=True),
+    TransformerConfig(dim=64, n_layers=2, n_heads=4, n_experts=4, experts_top_k=2, ffn_hidden=96),
+    TransformerConfig(dim=128, n_layers=1, n_heads=2, n_kv_heads=1, ffn_multiple_of=64),
+]
+
+
+class _LM(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, config.dim)
+        self.backbone = Transformer(config)
+        self.head = nn.Linear(config.dim, VOCAB, bias=False)
+
+    def forward(self, ids):
+        return self.head(self.backbone(self.embed(ids))[0])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=range(len(CONFIGS)))
+def test_parameter_formula_equals_instantiated_module(config):
+    real = sum(p.numel() for p in _LM(config).parameters())
+    assert shape_of(config, VOCAB).parameters() == real
+    assert meta_parameter_count(lambda: _LM(config)) == real
+
+
+def test_meta_count_of_multimodal_model_allocates_nothing_and_is_exact():
+    config = MultimodalConfig(backbone=preset("debug"), state_dim=7)
+    assert meta_parameter_count(lambda: MultimodalModel(config)) == sum(
+        p.numel() for p in MultimodalModel(config).parameters()
+    )
+    big = MultimodalConfig(backbone=TransformerConfig(dim=8192, n_layers=80, n_heads=64))
+    assert meta_parameter_count(lambda: MultimodalModel(big)) > 60e9  # would need > 240 GB
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_published_shapes_match_published_counts_within_one_percent(name):
+    shape = PRESETS[name]
+    assert abs(shape.parameters() / shape.published - 1) < 0.01
+
+
+def test_mixtral_active_parameters_match_published():
+    assert abs(PRESETS["mixtral-8x7b"].parameters(active=True) / 12.9e9 - 1) < 0.01
+
+
+@pytest.mark.parametrize("config", CONFIGS[:2] + CONFIGS[3:], ids=range(3))
+def test_matmul_flops_equal_flop_counter_on_real_training_step(config):
+    torch.manual_seed(0)
+    model, length = _LM(config), 32
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randint(0, VOCAB, (2, length))).sum().backward()
+    shape = shape_of(config, VOCAB, seq_len=length)
+    attention = 12 * config.n_layers * config.n_heads * config.head_dim * length
+    norms = (2 * config.n_layers + 1) * config.dim + (
+        2 * config.n_layers * config.head_dim if config.qk_norm else 0
+    )
+    # The counter sees the matmuls (not SDPA on CPU nor elementwise norms): 6 * (N - emb - norms).
+    assert (
+        counter.get_total_flops() / (2 * length) == shape.flops_per_token() - attention - 6 * norms
+    )
+
+
+def test_flops_per_token_follow_six_n_plus_attention_for_llama2_7b():
+    shape = PRESETS["llama2-7b"]
+    non_embedding = shape.parameters() - 32000 * 4096
+    assert shape.flops_per_token(4096) == 6 * non_embedding + 12 * 32 * 32 * 128 * 4096
+
+
+def test_memory_estimate_terms_and_checkpointing_saves_activations():
+    shape = PRESETS["llama2-7b"]
+    fp32 = training_memory(shape, 1, 4096, "fp32")
+    mixed = training_memory(shape, 1, 4096, "bf16-mixed")
+    assert fp32["weights"] == shape.parameters() * 4 and fp32["optimizer"] == 2 * fp32["weights"]
+    assert mixed["activations"] < fp32["activations"]
+    assert mixed["activations_checkpointed"] < mixed["activations"] / 5
+    with pytest.raises(ValueError, match="precision"):
+        training_memory(shape, 1, 16, "int3")
+
+
+def test_compute_optimal_plan_spends_the_budget():
+    budget = 5.76e23  # Chinchilla's budget
+    plan = compute_optimal(budget)
+    rule = plan["tokens_per_parameter"]
+    assert rule["tokens"] == pytest.approx(20 * rule["parameters"])
+    assert 6 * rule["parameters"] * rule["tokens"] == pytest.approx(budget)
+    fit = plan["approach3"]
+    assert 6 * fit["parameters"] * fit["tokens"] == pytest.approx(budget)
+    # Approach 3 is the minimum of L(N, C / 6N) along the budget.
+    for factor in (0.8, 1.25):
+        n = fit["parameters"] * factor
+        assert chinchilla_loss(n, budget / (6 * n)) > fit["loss"]
+    assert math.isclose(chinchilla_loss(1e40, 1e40), 1.69, abs_tol=1e-6)
+    with pytest.raises(ValueError, match="FLOP budget"):
+        compute_optimal(-1)
+
+
+def test_bad_shape_raises():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelShape(dim=100, n_layers=1, n_heads=3, ffn_hidden=8, vocab_size=10)
+
+
+def test_cli_prints_plan_for_preset_and_config(capsys):
+    assert main(["--preset", "llama3-8b", "--flops", "1e22"]) == 0
+    out = capsys.readouterr().out
+    assert "8,030,261,248" in out and "approach3" in out and "GiB" in out
+    assert main(["configs/model/debug.yaml", "backbone.n_layers=3", "--seq-len", "128"]) == 0
+    out = capsys.readouterr().out
+    config = MultimodalConfig(
+        backbone=preset("debug", n_layers=3, max_seq_len=256), state_dim=32, embed_dim=64
+    )
+    assert f"{sum(p.numel() for p in MultimodalModel(config).parameters()):,}" in out
+
+
+def test_cli_bad_input_exits_two_with_one_line_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "fmmm.scaling", "configs/model/debug.yaml", "backbone.n_heads=3"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "n_heads" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
