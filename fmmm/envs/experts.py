@@ -189,7 +189,7 @@ class ScriptedExpert:
             return self._move(low, CLOSE)
         # Push along the object-goal line, steering the contact point back onto the line.
         line_point = obj[:2] - direction * (radius + 0.012)
-        target = line_point + direction * min(0.03, np.linalg.norm(goal[:2] - obj[:2]) + 0.01)
+        target = line_point + direction * min(0.02, np.linalg.norm(goal[:2] - obj[:2]) + 0.005)
         return self._move(np.array([target[0], target[1], push_z]), CLOSE)
 
     def _act_open_drawer(self) -> np.ndarray:

@@ -97,7 +97,7 @@ class TargetSpec:
 
 @dataclass
 class DrawerSpec:
-    """A drawer that slides out of a cabinet towards the robot; `pos` is the cabinet's table position."""
+    """A drawer that slides out of its cabinet towards the robot; `pos` is the cabinet's mean table position."""
 
     name: str = ""
     colour: str = "red"
@@ -125,12 +125,15 @@ class InitSpec:
     min_distance: float = 0.1
     arm_noise: float = 0.03
     push_distance: list[float] = field(default_factory=lambda: [0.1, 0.18])
+    drawer_jitter: float = 0.03
 
     def __post_init__(self) -> None:
         for key in ("x", "y", "yaw", "push_distance"):
             _check_range(f"init.{key}", getattr(self, key))
-        if self.min_distance < 0 or self.arm_noise < 0:
-            raise ValueError("init.min_distance and init.arm_noise must be >= 0")
+        if min(self.min_distance, self.arm_noise, self.drawer_jitter) < 0:
+            raise ValueError(
+                "init.min_distance, init.arm_noise and init.drawer_jitter must be >= 0"
+            )
 
 
 @dataclass

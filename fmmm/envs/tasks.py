@@ -32,6 +32,9 @@ class Task:
         }
         self.geom = {o.name: model.geom(o.name).id for o in spec.objects}
         self.mocap = {t.name: model.body_mocapid[model.body(t.name).id] for t in spec.targets}
+        self.mocap.update(
+            {d.name: model.body_mocapid[model.body(f"{d.name}_cabinet").id] for d in spec.drawers}
+        )
         self.labels = {o.name: o.label for o in spec.objects}
         self.labels.update({t.name: t.label for t in spec.targets})
         self.labels.update({d.name: d.label for d in spec.drawers})
@@ -80,6 +83,10 @@ class Task:
             data.qpos[adr + 3 : adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
         for target in self.spec.targets:
             data.mocap_pos[self.mocap[target.name]] = [*positions[target.name], 0.001]
+        jitter = self.spec.init.drawer_jitter
+        for drawer in self.spec.drawers:
+            shift = rng.uniform(-jitter, jitter, size=2)
+            data.mocap_pos[self.mocap[drawer.name]] = [*(np.asarray(drawer.pos) + shift), 0.0]
 
     # ----- language -----
     def instruction(self) -> str:
