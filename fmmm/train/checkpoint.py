@@ -1,0 +1,272 @@
+"""Training checkpoints: safetensors + JSON (no pickle), written atomically with a checksum manifest.
+
+Layout of `<run_dir>/ckpt/step_000100/`:
+
+    model.safetensors        the trained module's state (shared tensors stored once)
+    optimizer.safetensors    optimizer state tensors, keyed "state.<param index>.<name>"
+    optimizer.json           param groups and non-tensor optimizer state
+    scheduler.json           LR scheduler state (and the fp16 grad scaler's, if any)
+    rng.safetensors/.json    torch, CUDA, NumPy and Python RNG states of every process
+    trainer.json             step, data position, spike-guard history, counters
+    manifest.json            sha256 of every file above; written last
+
+`resume=auto` picks the newest checkpoint whose manifest checks out and warns about corrupt ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from fmmm.utils.io import atomic_dir
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+_REQUIRED = (
+    "model.safetensors",
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.json",
+    "rng.safetensors",
+    "rng.json",
+    "trainer.json",
+)
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's torch/CUDA/NumPy/Python RNG states as tensors and JSON values."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy": {
+            "kind": np_kind,
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{index}"] = cuda_state
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    np_info = state["numpy"]
+    np.random.set_state(
+        (
+            np_info["kind"],
+            state["numpy_keys"].numpy().astype(np.uint32),
+            np_info["pos"],
+            np_info["has_gauss"],
+            np_info["gauss"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    cuda_states = [state[k] for k in sorted(state) if k.startswith("cuda")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+
+
+def _split_rng_states(states: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {}
+    for rank, state in enumerate(states):
+        meta[str(rank)] = {"numpy": state["numpy"], "python": state["python"]}
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"rank{rank}.{key}"] = value.contiguous()
+    return tensors, meta
+
+
+def _join_rng_states(tensors: dict[str, torch.Tensor], meta: dict) -> list[dict[str, Any]]:
+    states = []
+    for rank in range(len(meta)):
+        state: dict[str, Any] = dict(meta[str(rank)])
+        prefix = f"rank{rank}."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                state[key[len(prefix) :]] = value
+        states.append(state)
+    return states
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state_dict = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    scaler: Any = None,
+    keep: int = 0,
+) -> Path:
+    """Write checkpoint `step` under `root` atomically; then keep only the newest `keep` (0: all)."""
+    root = Path(root)
+    target = root / step_dir_name(step)
+    with atomic_dir(target) as tmp:
+        save_model(module, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        _write_json(tmp / "optimizer.json", opt_meta)
+        sched = {"scheduler": scheduler.state_dict() if scheduler is not None else None}
+        if scaler is not None:
+            sched["scaler"] = scaler.state_dict()
+        _write_json(tmp / "scheduler.json", sched)
+        rng_tensors, rng_meta = _split_rng_states(rng_states)
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        _write_json(tmp / "rng.json", rng_meta)
+        _write_json(tmp / "trainer.json", {**trainer_state, "step": step})
+        files = {name: sha256_file(tmp / name) for name in _REQUIRED}
+        _write_json(tmp / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
+    if keep > 0:
+        for old in list_checkpoints(root)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint folders under `root`, newest step first (validity not checked)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+    ]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint at `path` cannot be used, or None when its manifest checks out."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable manifest.json ({exc})"
+    for name in _REQUIRED:
+        if name not in files:
+            return f"manifest does not list {name}"
+    for name, digest in files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            return f"missing {name}"
+        if sha256_file(file_path) != digest:
+            return f"checksum mismatch in {name}"
+    return None
+
+
+def latest_valid_checkpoint(root: str | Path) -> Path | None:
+    """Newest checkpoint under `root` whose checksums match; warns about each corrupt one skipped."""
+    for path in list_checkpoints(root):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        warnings.warn(f"skipping corrupt checkpoint {path}: {problem}", stacklevel=2)
+    return None
+
+
+def remove_partial_checkpoints(root: str | Path) -> None:
+    """Delete temporary folders left by a process killed while writing a checkpoint."""
+    root = Path(root)
+    if root.is_dir():
+        for path in root.glob(".step_*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Load states in place from checkpoint `path`; return (trainer state, per-process RNG states)."""
+    path = Path(path)
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} is not usable: {problem}")
+    missing, unexpected = load_model(module, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    if optimizer is not None:
+        opt_meta = json.loads((path / "optimizer.json").read_text())
+        optimizer.load_state_dict(
+            _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), opt_meta)
+        )
+    sched = json.loads((path / "scheduler.json").read_text())
+    if scheduler is not None and sched["scheduler"] is not None:
+        scheduler.load_state_dict(sched["scheduler"])
+    if scaler is not None and "scaler" in sched:
+        scaler.load_state_dict(sched["scaler"])
+    rng_states = _join_rng_states(
+        load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())
+    )
+    trainer_state = json.loads((path / "trainer.json").read_text())
+    return trainer_state, rng_states

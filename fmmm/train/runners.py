@@ -1,0 +1,53 @@
+"""Run kinds for `python -m fmmm.train`: the config's top-level `kind` picks a runner by name.
+
+A runner is `run(config_path, overrides) -> TrainResult`; it loads its own typed config (which must
+accept the `kind` key), builds the module and data, and calls `Trainer.train()`. Modules register
+with `@RUNNERS.register("<kind>")` and are imported only when their kind is asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fmmm.config import ConfigError
+from fmmm.registry import Registry
+
+RUNNERS = Registry("training run kind")
+RUNNERS.lazy("pretrain", "fmmm.train.pretrain")
+RUNNERS.lazy("vla", "fmmm.policies.train_vla")
+RUNNERS.lazy("sft", "fmmm.policies.train_sft")
+RUNNERS.lazy("dpo", "fmmm.policies.train_dpo")
+
+DEFAULT_KIND = "pretrain"
+
+
+def config_kind(path: str | Path, overrides: list[str]) -> str:
+    """The `kind` a config file (after `kind=...` overrides) asks for; `pretrain` when absent."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(
+            f"cannot parse config file {path}: {' '.join(str(exc).split())}"
+        ) from None
+    kind = loaded.get("kind", DEFAULT_KIND) if hasattr(loaded, "get") else DEFAULT_KIND
+    for item in overrides:
+        if item.startswith("kind="):
+            kind = item.split("=", 1)[1]
+    if not isinstance(kind, str) or kind not in RUNNERS:
+        raise ConfigError(f"{path}: unknown kind {kind!r}; known: {', '.join(RUNNERS.names())}")
+    return kind
+
+
+def run(path: str | Path, overrides: list[str]) -> object:
+    """Load the runner for the config's kind and run it."""
+    kind = config_kind(path, overrides)
+    try:
+        runner = RUNNERS.get(kind)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"kind {kind!r} is not available: {exc}") from None
+    return runner(str(path), list(overrides))

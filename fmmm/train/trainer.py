@@ -1,0 +1,564 @@
+"""The reusable training loop: one `Trainer` for pretraining, VLA fine-tuning, SFT and DPO.
+
+    from fmmm.train.trainer import Trainer, TrainerConfig
+
+    trainer = Trainer(cfg, module, stream, run_dir, count_tokens=..., evaluate=..., flops_per_token=...)
+    result = trainer.train()  # TrainResult(step, status, metrics, tokens_per_second, mfu, ...)
+
+- `cfg`: `TrainerConfig` (steps, global batch size, gradient accumulation, precision, seed, `optim`,
+  `checkpoint`, `spike`, `logging`); embed it as the `train:` section of a run config.
+- `module`: an `nn.Module` whose `forward(batch)` returns a dict with a scalar `"loss"` plus named
+  scalars to log (each objective's loss), or a `(loss, info_dict)` pair (the Policy convention).
+  Everything trainable, objective parameters included (e.g. a contrastive temperature), lives in it.
+- `stream`: any object with `batch(start, count)` returning the batch made of samples
+  `start .. start+count-1` of an endless stream that is a pure function of the index (no global RNG),
+  e.g. `fmmm.train.data.MixtureStream` or `fmmm.train.data.DatasetStream`. The trainer gives every
+  process and micro-step its own slice of the global batch, so the data position is just the step
+  and resuming or skipping a data window is exact.
+- `run_dir` receives `metrics.jsonl` (one row per step), `events.jsonl` (skips, rollbacks,
+  checkpoints, preemption), `tensorboard/` and `ckpt/step_NNNNNN/` (see `fmmm.train.checkpoint`).
+- `evaluate(module) -> dict[str, float]`, run on the main process every `eval_every` steps and at the
+  end on the unwrapped module in eval mode (no collectives inside; global RNG is left untouched).
+
+Precision, DDP (multi-process via `accelerate launch` / `torchrun`) and `torch.compile` come through
+Accelerate from the config; the module stays single-device. SIGTERM writes a checkpoint and returns
+with `status == "preempted"`; `checkpoint.resume: auto` continues from the newest valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from fmmm.train import checkpoint as ckpt
+from fmmm.train.metrics import JsonlLog, mfu
+from fmmm.train.optim import OptimConfig, build_optimizer, build_scheduler
+from fmmm.train.spike import SpikeConfig, SpikeGuard
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class CheckpointConfig:
+    """How often checkpoints are written, how many are kept, and where a run resumes from."""
+
+    every: int = 100  # steps between checkpoints (0: only at the end)
+    keep: int = 3  # newest checkpoints kept (0: all)
+    resume: str = "auto"  # "auto" (newest valid one, if any), "none", or a step_* folder
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"checkpoint.every must be >= 0, got {self.every}")
+        if self.keep < 0:
+            raise ValueError(f"checkpoint.keep must be >= 0, got {self.keep}")
+        if not self.resume:
+            raise ValueError("checkpoint.resume must be 'auto', 'none' or a checkpoint folder")
+
+
+@dataclass
+class LoggingConfig:
+    """Progress bar and TensorBoard cadence (metrics.jsonl gets every step)."""
+
+    every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"logging.every must be >= 1, got {self.every}")
+
+
+@dataclass
+class TrainerConfig:
+    """Everything the loop needs besides the module and the data."""
+
+    steps: int = 1000
+    batch_size: int = 32  # global: all processes and all micro-steps of one optimizer step
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16, applied by Accelerate
+    compile: bool = False
+    seed: int = 0
+    eval_every: int = 0  # 0: evaluate only at the end
+    peak_flops: float = 190e9  # per process, for the MFU estimate (2-core CPU fp32 by default)
+    prefetch: bool = True  # build the next batch in a background thread
+    find_unused_parameters: bool = False  # DDP: some parameters get no gradient on some steps
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.grad_accum < 1:
+            raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.eval_every < 0:
+            raise ValueError(f"train.eval_every must be >= 0, got {self.eval_every}")
+        if self.peak_flops <= 0:
+            raise ValueError(f"train.peak_flops must be > 0, got {self.peak_flops}")
+
+
+class SampleStream(Protocol):
+    """An endless, deterministic stream of samples addressed by index."""
+
+    def batch(self, start: int, count: int) -> Any: ...
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or preempted) run reports."""
+
+    step: int
+    status: str  # "completed" | "preempted"
+    metrics: dict[str, float]  # last step's metrics
+    eval_metrics: dict[str, float]
+    tokens_per_second: float
+    mfu: float | None
+    wall_seconds: float
+    skipped_steps: int
+    rollbacks: int
+
+
+def make_accelerator(cfg: TrainerConfig, run_dir: str | Path) -> Any:
+    """The Accelerator a run uses: precision, compile, trackers and DDP options from `cfg`."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
+        dynamo_backend="inductor" if cfg.compile else "no",
+        log_with="tensorboard" if cfg.logging.tensorboard else None,
+        project_dir=str(run_dir),
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)
+        ],
+    )
+
+
+def _as_output_dict(out: Any) -> dict[str, Any]:
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+        return {**out[1], "loss": out[0]}
+    if isinstance(out, dict) and "loss" in out:
+        return out
+    raise ValueError('the module must return a dict with a "loss" key or a (loss, info) pair')
+
+
+class _Prefetcher:
+    """Builds the batch for a given sample range, the next one in a background thread."""
+
+    def __init__(self, stream: SampleStream, enabled: bool):
+        self.stream = stream
+        self.pool = ThreadPoolExecutor(max_workers=1) if enabled else None
+        self.pending: tuple[tuple[int, int], Future] | None = None
+
+    def get(self, start: int, count: int, next_start: int | None) -> Any:
+        key = (start, count)
+        if self.pending is not None and self.pending[0] == key:
+            batch = self.pending[1].result()
+        else:
+            batch = self.stream.batch(start, count)
+        self.pending = None
+        if self.pool is not None and next_start is not None:
+            self.pending = (
+                (next_start, count),
+                self.pool.submit(self.stream.batch, next_start, count),
+            )
+        return batch
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _rng_untouched() -> Iterator[None]:
+    state = ckpt.capture_rng_state()
+    try:
+        yield
+    finally:
+        ckpt.restore_rng_state(state)
+
+
+class Trainer:
+    """Runs optimizer steps over a deterministic sample stream with checkpoints and spike guard."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        module: nn.Module,
+        stream: SampleStream,
+        run_dir: str | Path,
+        *,
+        accelerator: Any = None,
+        count_tokens: Callable[[Any], int] | None = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        flops_per_token: float | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ):
+        from fmmm.utils.seed import seed_everything
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "ckpt"
+        self.accelerator = accelerator or make_accelerator(cfg, self.run_dir)
+        acc = self.accelerator
+        world = acc.num_processes
+        if cfg.batch_size % (cfg.grad_accum * world):
+            raise ValueError(
+                f"train.batch_size {cfg.batch_size} is not divisible by grad_accum x processes "
+                f"= {cfg.grad_accum * world}"
+            )
+        self.micro_batch = cfg.batch_size // (cfg.grad_accum * world)
+        self.stream = stream
+        self.count_tokens = count_tokens
+        self.evaluate_fn = evaluate
+        self.flops_per_token = flops_per_token
+        optimizer = optimizer or build_optimizer(module, cfg.optim)
+        self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+        self.module, self.optimizer = acc.prepare(module, optimizer)
+        self.guard = SpikeGuard(cfg.spike)
+        self.step = 0
+        self.data_offset = 0  # data step = step + data_offset (rollbacks skip data windows)
+        self.tokens_seen = 0
+        self.skipped_steps = 0
+        self.rollbacks = 0
+        self._preempted = False
+        seed_everything(cfg.seed + acc.process_index)
+        if acc.is_main_process:
+            self.metrics_log = JsonlLog(self.run_dir / "metrics.jsonl")
+            self.events_log = JsonlLog(self.run_dir / "events.jsonl")
+
+    # ----------------------------------------------------------------- checkpoints
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "data_offset": self.data_offset,
+            "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.skipped_steps,
+            "rollbacks": self.rollbacks,
+            "spike_guard": self.guard.state_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the checkpoint for the current step (all processes must call this)."""
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        rng_states = gather_object([ckpt.capture_rng_state()])
+        path = self.ckpt_dir / ckpt.step_dir_name(self.step)
+        if acc.is_main_process:
+            ckpt.save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                module=acc.unwrap_model(self.module),
+                optimizer=self.optimizer.optimizer,
+                scheduler=self.scheduler,
+                trainer_state=self._trainer_state(),
+                rng_states=rng_states,
+                scaler=acc.scaler,
+                keep=self.cfg.checkpoint.keep,
+            )
+            self._event("checkpoint", path=str(path))
+        acc.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore module, optimizer, scheduler, RNG, data position and counters from `path`."""
+        acc = self.accelerator
+        state, rng_states = ckpt.load_checkpoint(
+            path,
+            module=acc.unwrap_model(self.module),
+            optimizer=self.optimizer.optimizer,
+            scheduler=self.scheduler,
+            scaler=acc.scaler,
+        )
+        self.step = int(state["step"])
+        self.data_offset = int(state["data_offset"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.rollbacks = int(state["rollbacks"])
+        self.guard.load_state_dict(state["spike_guard"])
+        ckpt.restore_rng_state(rng_states[acc.process_index % len(rng_states)])
+
+    def _resume(self) -> None:
+        import warnings
+
+        resume = self.cfg.checkpoint.resume
+        if self.accelerator.is_main_process:
+            ckpt.remove_partial_checkpoints(self.ckpt_dir)
+        self.accelerator.wait_for_everyone()
+        if resume == "none":
+            if ckpt.list_checkpoints(self.ckpt_dir):
+                raise ValueError(
+                    f"{self.ckpt_dir} already holds checkpoints; use checkpoint.resume=auto or a new run dir"
+                )
+            return
+        if resume == "auto":
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                path = ckpt.latest_valid_checkpoint(self.ckpt_dir)
+            for warning in caught:
+                warnings.warn(str(warning.message), stacklevel=3)
+                self._event("corrupt_checkpoint", message=str(warning.message))
+            if path is None:
+                return
+        else:
+            path = Path(resume)
+        self.load_checkpoint(path)
+        self._event("resume", path=str(path))
+        if self.accelerator.is_main_process:
+            self.metrics_log.truncate_after(self.step)
+
+    # ----------------------------------------------------------------- logging
+    def _event(self, kind: str, **fields: Any) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        row = {"event": kind, "step": self.step, "time": time.time(), **fields}
+        self.events_log.write(row)
+        if kind not in ("checkpoint", "eval"):
+            from tqdm.auto import tqdm
+
+            tqdm.write(
+                f"[step {self.step}] {kind}: " + ", ".join(f"{k}={v}" for k, v in fields.items())
+            )
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._preempted = True
+
+    def _preemption_requested(self) -> bool:
+        flag = self._preempted
+        if self.accelerator.num_processes > 1:
+            tensor = torch.tensor([float(flag)], device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(tensor, "max").item())
+        return flag
+
+    # ----------------------------------------------------------------- one step
+    def _sample_start(self, data_step: int, micro: int) -> int:
+        acc = self.accelerator
+        per_micro = self.cfg.batch_size // self.cfg.grad_accum
+        return (
+            data_step * self.cfg.batch_size
+            + micro * per_micro
+            + acc.process_index * self.micro_batch
+        )
+
+    def _forward_backward(self, prefetcher: _Prefetcher) -> tuple[dict[str, float], int]:
+        from accelerate.utils import send_to_device
+
+        acc, accum = self.accelerator, self.cfg.grad_accum
+        data_step = self.step + self.data_offset
+        sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        self.module.train()
+        for micro in range(accum):
+            start = self._sample_start(data_step, micro)
+            following = self._sample_start(data_step + (micro + 1) // accum, (micro + 1) % accum)
+            batch = prefetcher.get(start, self.micro_batch, following)
+            tokens += self.count_tokens(batch) if self.count_tokens else self.micro_batch
+            batch = send_to_device(batch, acc.device)
+            sync = acc.no_sync(self.module) if micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with acc.autocast():
+                    out = _as_output_dict(self.module(batch))
+                loss = out["loss"]
+                if loss.ndim != 0:
+                    raise ValueError(
+                        f"the module's loss must be a scalar, got shape {tuple(loss.shape)}"
+                    )
+                acc.backward(loss / accum)
+            for key, value in out.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.numel() == 1
+                    or isinstance(value, float | int)
+                ):
+                    value = torch.as_tensor(value, dtype=torch.float32).detach().reshape(())
+                    sums[key] = sums.get(key, 0) + value.to(acc.device, torch.float32) / accum
+        keys = sorted(sums)
+        stacked = torch.stack([sums[k] for k in keys])
+        if acc.num_processes > 1:
+            stacked = acc.reduce(stacked, "mean")
+            tokens = int(acc.reduce(torch.tensor([tokens], device=acc.device), "sum").item())
+        return dict(zip(keys, stacked.tolist())), tokens
+
+    def _grad_norm(self) -> float:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        clip = self.cfg.optim.grad_clip or math.inf
+        return float(self.accelerator.clip_grad_norm_(params, clip))
+
+    def _rollback(self) -> None:
+        path = ckpt.latest_valid_checkpoint(self.ckpt_dir)
+        if path is None:
+            raise RuntimeError(
+                "loss spikes persist and there is no valid checkpoint to roll back to"
+            )
+        if self.rollbacks >= self.cfg.spike.max_rollbacks:
+            raise RuntimeError(f"loss spikes persist after {self.rollbacks} rollbacks; giving up")
+        bad_data_step = self.step + self.data_offset  # the step just skipped, already counted
+        rollbacks, skipped = self.rollbacks + 1, self.skipped_steps
+        from_step = self.step
+        self.load_checkpoint(path)
+        self.rollbacks, self.skipped_steps = rollbacks, skipped
+        # the next step reads the data after the window that caused the spikes
+        self.data_offset = bad_data_step - self.step
+        self._event(
+            "rollback",
+            from_step=from_step,
+            path=str(path),
+            skip_data_steps=f"{path.name} .. data step {bad_data_step - 1}",
+        )
+
+    def _train_step(self, prefetcher: _Prefetcher) -> dict[str, Any]:
+        started = time.perf_counter()
+        scalars, tokens = self._forward_backward(prefetcher)
+        grad_norm = self._grad_norm()
+        loss = scalars["loss"]
+        reason = self.guard.check(loss, grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        if reason is None:
+            self.optimizer.step()
+            self.scheduler.step()
+        elif self.accelerator.scaler is not None:
+            self.accelerator.scaler.update()  # clears the unscale record; shrinks the scale on inf
+        self.optimizer.zero_grad(set_to_none=True)
+        rollback = self.guard.update(loss, grad_norm, spike=reason is not None)
+        self.step += 1
+        self.tokens_seen += tokens
+        seconds = time.perf_counter() - started
+        row = {**scalars, "step": self.step, "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+        row.update(
+            seconds=seconds,
+            tokens_per_second=tokens / max(seconds, 1e-9),
+            skipped=reason is not None,
+        )
+        if self.accelerator.is_main_process:
+            self.metrics_log.write(row)
+        if reason is not None:
+            self.skipped_steps += 1
+            self._event("skip", data_step=self.step - 1 + self.data_offset, reason=reason)
+            if rollback:
+                self._rollback()
+        return row
+
+    # ----------------------------------------------------------------- eval
+    def evaluate(self) -> dict[str, float]:
+        """Run `evaluate` on the main process; log and return its metrics."""
+        if self.evaluate_fn is None or not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return {}
+        model = self.accelerator.unwrap_model(self.module)
+        was_training = model.training
+        model.eval()
+        with _rng_untouched(), torch.no_grad():
+            metrics = {f"eval/{k}": float(v) for k, v in self.evaluate_fn(model).items()}
+        model.train(was_training)
+        self._event("eval", **metrics)
+        self.accelerator.log(metrics, step=self.step)
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    # ----------------------------------------------------------------- the loop
+    def train(self) -> TrainResult:
+        """Train to `cfg.steps` (resuming if asked); return the run's figures."""
+        from tqdm.auto import tqdm
+
+        acc, cfg = self.accelerator, self.cfg
+        if cfg.logging.tensorboard:
+            acc.init_trackers("tensorboard")
+        self._resume()
+        if not ckpt.list_checkpoints(self.ckpt_dir):
+            self.save_checkpoint()  # a rollback target exists from the first step on
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        prefetcher = _Prefetcher(self.stream, cfg.prefetch)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            disable=not (cfg.logging.progress and acc.is_main_process),
+            dynamic_ncols=True,
+        )
+        started = time.perf_counter()
+        train_seconds, train_tokens = 0.0, 0
+        row: dict[str, Any] = {}
+        eval_metrics: dict[str, float] = {}
+        status = "completed"
+        try:
+            while self.step < cfg.steps:
+                if self._preemption_requested():
+                    status = "preempted"
+                    self._event("preempted", message="SIGTERM: checkpoint written, exiting")
+                    break
+                row = self._train_step(prefetcher)
+                train_seconds += row["seconds"]
+                train_tokens += row["tokens"]
+                tokens_per_second = train_tokens / max(train_seconds, 1e-9)
+                if self.step % cfg.logging.every == 0 or self.step == cfg.steps:
+                    logged = {
+                        k: v for k, v in row.items() if k not in ("step", "skipped", "seconds")
+                    }
+                    logged["tokens_per_second"] = tokens_per_second
+                    if self.flops_per_token:
+                        logged["mfu"] = mfu(
+                            tokens_per_second,
+                            self.flops_per_token,
+                            cfg.peak_flops * acc.num_processes,
+                        )
+                    acc.log({f"train/{k}": float(v) for k, v in logged.items()}, step=self.step)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}")
+                bar.n = self.step
+                bar.refresh()
+                if (
+                    cfg.checkpoint.every
+                    and self.step % cfg.checkpoint.every == 0
+                    and self.step < cfg.steps
+                ):
+                    self.save_checkpoint()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    eval_metrics = self.evaluate()
+            self.save_checkpoint()
+            if status == "completed":
+                eval_metrics = self.evaluate()
+        finally:
+            bar.close()
+            prefetcher.close()
+            signal.signal(signal.SIGTERM, previous)
+            if cfg.logging.tensorboard:
+                acc.end_training()
+        tokens_per_second = train_tokens / max(train_seconds, 1e-9)
+        run_mfu = None
+        if self.flops_per_token:
+            run_mfu = mfu(
+                tokens_per_second, self.flops_per_token, cfg.peak_flops * acc.num_processes
+            )
+        return TrainResult(
+            step=self.step,
+            status=status,
+            metrics={
+                k: v
+                for k, v in row.items()
+                if isinstance(v, float | int) and not isinstance(v, bool)
+            },
+            eval_metrics=eval_metrics,
+            tokens_per_second=tokens_per_second,
+            mfu=run_mfu,
+            wall_seconds=time.perf_counter() - started,
+            skipped_steps=self.skipped_steps,
+            rollbacks=self.rollbacks,
+        )
