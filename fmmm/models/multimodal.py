@@ -39,6 +39,7 @@ from fmmm.tokenizers.sequence import Modality
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZERS_DIR = "tokenizers"
 CONTINUOUS = ("image", "video", "audio", "state")
 POOLED = ("text", "image", "video", "audio", "state")
 
@@ -231,13 +232,21 @@ class MultimodalModel(nn.Module):
         hidden, moe_aux = self.backbone(x, positions, None, cache)
         return self._outputs(hidden, moe_aux, None)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors into `directory` (other files there are kept)."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, tokenizers: dict[str, Any] | None = None
+    ) -> None:
+        """Write config.json and model.safetensors into `directory` (other files there are kept).
+
+        `tokenizers` ({"text": ..., "image": ..., ...}) are saved beside the weights in
+        `directory/tokenizers/<name>/`, where `fmmm.encoders.load` finds them.
+        """
         from safetensors.torch import save
 
         from fmmm.utils.io import atomic_write_bytes, atomic_write_json
 
         directory = Path(directory)
+        for name, tokenizer in (tokenizers or {}).items():
+            tokenizer.save(directory / TOKENIZERS_DIR / name)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if self.config.tie_embeddings:
             state.pop("lm_head.weight")
