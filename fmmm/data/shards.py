@@ -414,6 +414,7 @@ class ShardWriter:
         self._file.close()
         self._file = None
         path = self.folder / f"{self.prefix}-{len(self.paths):06d}.{self.fmt}"
+        os.chmod(self._tmp, 0o644)  # mkstemp makes owner-only files; shards are data to share
         os.replace(self._tmp, path)
         self._tmp = None
         self.paths.append(path)
