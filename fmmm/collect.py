@@ -26,12 +26,11 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(task: str, base_seed: int, staging: str, keep_failures: bool) -> None:
-    import torch
-
-    torch.set_num_threads(1)
     import fmmm.envs
+    from fmmm.eval.rollout import limit_worker_threads
     from fmmm.policies.factory import load_policy
 
+    limit_worker_threads()
     env = fmmm.envs.make_env(task)
     _worker.clear()
     _worker.update(
@@ -72,6 +71,7 @@ def _attempt(index: int) -> dict[str, Any]:
         "attempt": index,
         "seed": seed,
         "instruction": result["instruction"],
+        "scene": result["scene"],
         "success": result["success"],
         "success_end": result["success_end"],
         "length": result["length"],
@@ -127,6 +127,7 @@ def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[
                 "success": summary["success"],
                 "seed": summary["seed"],
                 "attempt": summary["attempt"],
+                "scene": summary["scene"],
             }
         )
         offset += length
@@ -141,7 +142,9 @@ def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[
         "chunks_size": robot.CHUNK_SIZE,
         "data_path": robot.DATA_PATH,
         "splits": {"train": f"0:{len(rows)}"},
-        **run["fingerprint"],
+        "mujoco_version": run["fingerprint"]["mujoco_version"],
+        "scene_sha256": run["fingerprint"]["scene_sha256"],
+        "env": run["fingerprint"],
         "collection": {k: run[k] for k in ("task", "seed", "keep_failures", "policy")}
         | {"seed_split": "train", "attempts": selected[-1]["attempt"] + 1},
     }
@@ -186,7 +189,8 @@ def collect(
         )
     staging = out / ".staging"
     env = fmmm.envs.make_env(task)
-    run = {**wanted, "fps": env.metadata.get("render_fps", 20), "fingerprint": env_fingerprint(env)}
+    run = {**wanted, "fps": env.metadata["render_fps"], "fingerprint": env_fingerprint(env)}
+    run = json.loads(json.dumps(run))  # compared with the staged copy read back from JSON
     env.close()
     run_file = staging / "run.json"
     if run_file.exists():
@@ -195,8 +199,14 @@ def collect(
         except json.JSONDecodeError as exc:
             raise ValueError(f"corrupt {run_file}: {exc}") from None
         if staged_run != run:
+            fingerprint = run["fingerprint"]
+            differ = [k for k in run if k != "fingerprint" and staged_run.get(k) != run[k]]
+            differ += [
+                k for k in fingerprint if staged_run.get("fingerprint", {}).get(k) != fingerprint[k]
+            ]
             raise ValueError(
-                f"{out} holds an unfinished collection with other settings ({run_file})"
+                f"{out} holds an unfinished collection with other settings "
+                f"({', '.join(differ)} differ; see {run_file})"
             )
     else:
         atomic_write_json(run_file, run)

@@ -234,7 +234,7 @@ def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
         kept = {
             k: v
             for k, v in info.items()
-            if k in ("mujoco_version", "scene_hash", "collection", "robot_type")
+            if k in ("mujoco_version", "scene_sha256", "env", "collection", "robot_type")
         }
         new_info = {
             "format": robot.FORMAT_VERSION,

@@ -80,6 +80,7 @@ def run_episode(
     return {
         "seed": seed,
         "instruction": shown_instruction,
+        "scene": episode_layout(env),
         "success": first_success is not None,
         "success_end": success,
         "length": length,
@@ -109,6 +110,13 @@ def parallel_map(
         yield from pool.imap_unordered(function, items, chunksize=1)
 
 
+def limit_worker_threads() -> None:
+    """In a worker process, keep BLAS/OpenMP (torch, numpy) to one thread: the workers are the parallelism."""
+    if multiprocessing.parent_process() is not None:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+
+
 def wilson_interval(
     successes: int, trials: int, z: float = 1.959963984540054
 ) -> tuple[float, float]:
@@ -123,14 +131,15 @@ def wilson_interval(
 
 
 def env_fingerprint(env: Any) -> dict[str, Any]:
-    """MuJoCo version and scene hash of an env, recorded next to every result and dataset."""
-    import mujoco
+    """MuJoCo version, scene hash and settings of an env, recorded with every result and dataset."""
+    return env.unwrapped.metadata_record()
 
-    unwrapped = env.unwrapped
-    return {
-        "mujoco_version": mujoco.__version__,
-        "scene_hash": getattr(unwrapped, "scene_hash", None),
-    }
+
+def episode_layout(env: Any) -> dict[str, Any]:
+    """What the current episode asks for (object, target), without the instruction."""
+    record = dict(env.unwrapped.episode_record())
+    record.pop("instruction", None)
+    return record
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
@@ -157,14 +166,14 @@ _worker: dict[str, Any] = {}
 def _init_eval_worker(
     policy_source: str, base_seed: int, instruction: str | None, video_dir: str | None
 ) -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    limit_worker_threads()
     from fmmm.policies.factory import load_policy
 
+    factory = load_policy(policy_source)
     _worker.clear()
     _worker.update(
-        factory=load_policy(policy_source),
+        factory=factory,
+        render=getattr(factory, "uses_images", True) or video_dir is not None,
         base_seed=base_seed,
         instruction=instruction,
         video_dir=video_dir,
@@ -177,7 +186,7 @@ def _eval_one(item: tuple[str, int]) -> dict[str, Any]:
 
     task, index = item
     if task not in _worker["envs"]:
-        env = fmmm.envs.make_env(task)
+        env = fmmm.envs.make_env(task, render=_worker["render"])
         _worker["envs"][task] = (env, _worker["factory"](env))
     env, policy = _worker["envs"][task]
     frames: list[np.ndarray] = []
@@ -226,12 +235,13 @@ def evaluate(
             raise ValueError(f"unknown task {task!r}; known: {', '.join(known)}")
     from fmmm.policies.factory import load_policy
 
-    load_policy(policy)  # fail fast in this process on a bad name or run dir
+    factory = load_policy(policy)  # fail fast in this process on a bad name or run dir
+    render = getattr(factory, "uses_images", True) or video_dir is not None
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
     fingerprints = {}
     for task in tasks:
-        env = fmmm.envs.make_env(task)
+        env = fmmm.envs.make_env(task, render=render)
         fingerprints[task] = env_fingerprint(env)
         env.close()
     items = [(task, index) for task in tasks for index in range(episodes)]
@@ -259,8 +269,8 @@ def evaluate(
         env_time = sum(r["env_time"] for r in task_rows)
         policy_time = sum(r["policy_time"] for r in task_rows)
         timings["tasks"][task] = {
-            "env_steps_per_second": steps / env_time if env_time > 0 else float("inf"),
-            "policy_actions_per_second": steps / policy_time if policy_time > 0 else float("inf"),
+            "env_steps_per_second": steps / max(env_time, 1e-9),
+            "policy_actions_per_second": steps / max(policy_time, 1e-9),
         }
     for row in rows:
         row.pop("env_time")

@@ -5,6 +5,9 @@ A registered policy type is a loader `load(run_dir, config) -> PolicyFactory`, a
 per-episode state (action-chunk queues) or privileged access (scripted experts) get their own
 instance. A trained policy's run directory holds `policy.json` naming its type, for example
 `{"type": "vla", ...}`; the remaining keys are passed to the loader as `config`.
+
+A factory whose policies never look at camera images sets `factory.uses_images = False`; the
+evaluator then builds state-only envs (no rendering) for it, unless videos are asked for.
 """
 
 from __future__ import annotations

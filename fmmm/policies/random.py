@@ -30,4 +30,9 @@ class RandomPolicy:
 @policy_registry.register("random")
 def load_random(run_dir: Path | None, config: dict[str, Any]) -> PolicyFactory:
     """Factory of random policies sized to each env's action space."""
-    return lambda env: RandomPolicy(int(np.prod(env.action_space.shape)))
+
+    def factory(env: Any) -> RandomPolicy:
+        return RandomPolicy(int(np.prod(env.action_space.shape)))
+
+    factory.uses_images = False
+    return factory

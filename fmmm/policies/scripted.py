@@ -13,4 +13,8 @@ def load_scripted(run_dir: Path | None, config: dict[str, Any]) -> PolicyFactory
     """Factory of `fmmm.envs.experts.ScriptedExpert`, one per env (it reads the env's state)."""
     from fmmm.envs.experts import ScriptedExpert
 
-    return ScriptedExpert
+    def factory(env: Any) -> ScriptedExpert:
+        return ScriptedExpert(env)
+
+    factory.uses_images = False  # the expert reads the simulator state
+    return factory

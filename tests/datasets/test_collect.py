@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmmm.datasets.robot import RobotDataset, episode_path, read_episode
+from fmmm.eval.seeds import episode_seed
+
+PYTHON = sys.executable
+DEMO_TASK, DEMO_EPISODES = "pick_place", 3  # as collected by the demo_dataset fixture
+
+
+def test_collected_demos_read_back_with_cameras_state_actions_and_provenance(demo_dataset):
+    import mujoco
+
+    dataset = RobotDataset(demo_dataset)
+    assert dataset.num_episodes == DEMO_EPISODES
+    assert dataset.camera_keys == ["observation.images.agentview", "observation.images.wrist"]
+    assert dataset.info["mujoco_version"] == mujoco.__version__
+    assert len(dataset.info["scene_sha256"]) == 64
+    assert dataset.info["collection"]["seed_split"] == "train"
+    for index, row in enumerate(dataset.episodes):
+        assert row["success"] is True
+        assert row["seed"] == episode_seed(DEMO_TASK, 0, row["attempt"], "train")
+        episode = dataset.episode(index)
+        length = row["length"]
+        assert episode["observation.images.wrist"].shape == (length, 64, 64, 3)
+        assert episode["observation.images.agentview"].dtype == np.uint8
+        assert episode["observation.state"].shape == (length, 14)
+        assert episode["action"].shape == (length, 7)
+        assert np.all(np.abs(episode["action"]) <= 1)
+        assert episode["next.success"][-1] and not episode["next.success"][0]
+        assert dataset.tasks[episode["task_index"][0]] == row["tasks"][0]
+        # pictures change as the arm moves
+        assert np.any(
+            episode["observation.images.agentview"][0]
+            != episode["observation.images.agentview"][-1]
+        )
+    assert len(dataset) == sum(row["length"] for row in dataset.episodes)
+    assert list(dataset[len(dataset) - 1]["index"].reshape(-1)) == [len(dataset) - 1]
+
+
+def test_demos_replay_in_the_env_to_success(demo_dataset):
+    """The recorded actions, replayed from the recorded seed, reproduce the success."""
+    import fmmm.envs
+
+    dataset = RobotDataset(demo_dataset)
+    env = fmmm.envs.make_env(DEMO_TASK, render=False)
+    row = dataset.episodes[0]
+    observation, _ = env.reset(seed=row["seed"])
+    episode = dataset.episode(0)
+    np.testing.assert_array_equal(observation["state"], episode["observation.state"][0])
+    for action in episode["action"]:
+        observation, _, terminated, truncated, info = env.step(action)
+    assert info["is_success"]
+
+
+def _run_collect(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [PYTHON, "-m", "fmmm.collect", "--task", DEMO_TASK, "--out", str(out), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_interrupted_parallel_collection_resumes_to_the_same_dataset(demo_dataset, tmp_path):
+    out = tmp_path / "resumed"
+    args = ["--episodes", str(DEMO_EPISODES), "--workers", "2"]
+    command = [PYTHON, "-m", "fmmm.collect", "--task", DEMO_TASK, "--out", str(out), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((out / ".staging").glob("attempt_*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    staged = sorted(p.name for p in (out / ".staging").glob("attempt_*.json"))
+    assert staged and not (out / "meta" / "info.json").exists()
+
+    result = _run_collect(out, *args)
+    assert result.returncode == 0, result.stderr
+    resumed, reference = RobotDataset(out), RobotDataset(demo_dataset)
+    assert resumed.episodes == reference.episodes
+    assert resumed.stats == reference.stats
+    for index in range(reference.num_episodes):
+        a = read_episode(episode_path(out, index))
+        b = read_episode(episode_path(demo_dataset, index))
+        assert list(a) == list(b)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert not (out / ".staging").exists()
+    # a finished dataset re-run with the same arguments is left as it is
+    before = os.stat(out / "meta" / "info.json").st_mtime_ns
+    assert _run_collect(out, *args).returncode == 0
+    assert os.stat(out / "meta" / "info.json").st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "no_such_task", "--episodes", "2"], "unknown task"),
+        (["--task", DEMO_TASK, "--episodes", "0"], "--episodes"),
+        (["--task", DEMO_TASK, "--episodes", "2", "--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_collect_arguments_exit_2_with_one_line(tmp_path, args, message):
+    command = [PYTHON, "-m", "fmmm.collect", "--out", str(tmp_path / "d"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_collect_into_a_dataset_with_corrupt_meta_exits_2(tmp_path):
+    (tmp_path / "d" / "meta").mkdir(parents=True)
+    (tmp_path / "d" / "meta" / "info.json").write_text("{truncated")
+    result = _run_collect(tmp_path / "d", "--episodes", "2")
+    assert result.returncode == 2 and "corrupt" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_collect_refuses_to_mix_settings_into_a_finished_dataset(demo_dataset):
+    result = _run_collect(demo_dataset, "--episodes", str(DEMO_EPISODES), "--seed", "7")
+    assert result.returncode == 2 and "other settings" in result.stderr
+    assert json.loads((demo_dataset / "meta" / "info.json").read_text())["collection"]["seed"] == 0

@@ -1,0 +1,103 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmmm.eval.rollout import evaluate
+from fmmm.policies.factory import load_policy, policy_registry
+
+PYTHON = sys.executable
+TASK = "pick_place"
+
+
+def _eval(out: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [PYTHON, "-m", "fmmm.eval", "--task", TASK, "--out", str(out), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def _without_timings(path: Path) -> dict:
+    results = json.loads(path.read_text())
+    results.pop("timings")
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["scripted", "random"])
+def test_results_are_identical_across_runs_and_num_envs(tmp_path, policy):
+    in_process = evaluate(policy, [TASK], 4, base_seed=3, num_envs=1, progress=False)
+    run = _eval(tmp_path, "--policy", policy, "--episodes", "4", "--seed", "3", "--num-envs", "2")
+    assert run.returncode == 0, run.stderr
+    assert TASK in run.stdout and "95% CI" in run.stdout
+    from_cli = _without_timings(tmp_path / "results.json")
+    in_process.pop("timings")
+    assert from_cli == json.loads(json.dumps(in_process))
+    assert [row["episode"] for row in from_cli["episodes"]] == [0, 1, 2, 3]
+    expected = 1.0 if policy == "scripted" else 0.0
+    assert from_cli["summary"][TASK]["success_rate"] == expected
+
+
+def test_videos_are_named_by_outcome(tmp_path):
+    import imageio.v2 as imageio
+
+    results = evaluate("random", [TASK], 1, base_seed=0, video_dir=tmp_path, progress=False)
+    row = results["episodes"][0]
+    assert row["video"] == f"{TASK}_ep000_failure.mp4"
+    frames = imageio.mimread(tmp_path / row["video"])
+    # one frame per step plus the last observation; agent view and wrist side by side
+    assert len(frames) == row["length"] + 1 and frames[0].shape == (64, 128, 3)
+
+
+class _ConstantPolicy:
+    """Closes the gripper and stays put; remembers the instructions it was shown."""
+
+    def __init__(self, seen: list[str]):
+        self.seen = seen
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, observation: dict) -> np.ndarray:
+        self.seen.append(observation["instruction"])
+        return np.array([0, 0, 0, 0, 0, 0, 1], dtype=np.float32)
+
+
+def test_run_directory_policies_load_through_the_registry(tmp_path):
+    seen: list[str] = []
+    if "constant_test" not in policy_registry:
+        policy_registry.register("constant_test")(
+            lambda run_dir, config: lambda env: _ConstantPolicy(seen)
+        )
+    (tmp_path / "policy.json").write_text(json.dumps({"type": "constant_test", "width": 3}))
+    factory = load_policy(str(tmp_path))
+    assert isinstance(factory(None), _ConstantPolicy)
+    results = evaluate(str(tmp_path), [TASK], 1, instruction="wave at the camera", progress=False)
+    assert results["episodes"][0]["instruction"] == "wave at the camera"
+    assert set(seen) == {"wave at the camera"} and len(seen) == results["episodes"][0]["length"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--policy", "scripted", "--task", "no_such_task"], "unknown task"),
+        (["--policy", "scripted", "--episodes", "0"], "--episodes"),
+        (["--policy", "/no/such/run"], "neither a known name"),
+        (["--policy", "random", "--num-envs", "0"], "--num-envs"),
+    ],
+)
+def test_bad_eval_arguments_exit_2_with_one_line(args, message):
+    command = [PYTHON, "-m", "fmmm.eval", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", ["{broken", '{"kind": "vla"}', '{"type": "no_such_type"}'])
+def test_bad_policy_json_is_reported(tmp_path, content):
+    (tmp_path / "policy.json").write_text(content)
+    with pytest.raises(ValueError) as error:
+        load_policy(str(tmp_path))
+    assert "policy.json" in str(error.value) and "\n" not in str(error.value)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from fmmm.eval.rollout import check_action, run_episode, wilson_interval
+from fmmm.eval.seeds import episode_seed
+from fmmm.policies.random import RandomPolicy
+
+
+@pytest.mark.parametrize(
+    "successes, trials, low, high",
+    [
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (5, 10, 0.2366, 0.7634),
+        (48, 50, 0.8654, 0.9890),
+    ],
+)
+def test_wilson_interval_matches_reference_values(successes, trials, low, high):
+    assert wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_episode_seeds_depend_only_on_task_seed_and_index():
+    assert episode_seed("pick_place", 0, 3, "eval") == episode_seed("pick_place", 0, 3, "eval")
+    seeds = {episode_seed(t, s, i, "eval") for t in ("a", "b") for s in (0, 1) for i in range(50)}
+    assert len(seeds) == 200
+
+
+def test_training_and_evaluation_seed_streams_are_disjoint():
+    train = {episode_seed("pick_place", s, i, "train") for s in range(3) for i in range(500)}
+    evaluation = {episode_seed("pick_place", s, i, "eval") for s in range(3) for i in range(500)}
+    assert not train & evaluation
+    assert all(seed >> 62 == 0 for seed in train) and all(seed >> 62 == 1 for seed in evaluation)
+
+
+def test_bad_seed_arguments_raise():
+    with pytest.raises(ValueError, match="split"):
+        episode_seed("pick_place", 0, 0, "test")
+    with pytest.raises(ValueError, match=">= 0"):
+        episode_seed("pick_place", -1, 0, "eval")
+
+
+def test_bad_actions_are_named():
+    with pytest.raises(ValueError, match="shape"):
+        check_action(np.zeros(6), 7)
+    with pytest.raises(ValueError, match="non-finite"):
+        check_action(np.full(7, np.nan), 7)
+
+
+def test_random_policy_repeats_after_reseeding():
+    policy = RandomPolicy(seed=0)
+    policy.seed(5)
+    first = [policy.act({}) for _ in range(3)]
+    policy.seed(5)
+    assert all(np.array_equal(a, b) for a, b in zip(first, [policy.act({}) for _ in range(3)]))
+    assert first[0].dtype == np.float32 and np.all(np.abs(first[0]) <= 1)
+
+
+def test_scripted_episode_succeeds_and_records_every_step():
+    import fmmm.envs
+    from fmmm.policies.factory import load_policy
+
+    env = fmmm.envs.make_env("pick_place", render=False)
+    policy = load_policy("scripted")(env)
+    steps = []
+    result = run_episode(
+        env,
+        policy,
+        episode_seed("pick_place", 0, 0, "eval"),
+        0,
+        None,
+        lambda o, a, i: steps.append(i["is_success"]),
+    )
+    assert result["success"] and result["success_end"]
+    assert result["length"] == len(steps) and steps[-1]
+    assert result["first_success_step"] == steps.index(True)
