@@ -138,7 +138,8 @@ class TextTokenizer:
     ) -> list[list[int]]:
         """Encode a batch of non-empty strings to id lists."""
         _check_texts(texts)
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        # encode_batch_fast skips offset tracking, which ids do not need
+        encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
         head, tail = [self.bos_id] if add_bos else [], [self.eos_id] if add_eos else []
         return [head + encoding.ids + tail for encoding in encodings]
 
