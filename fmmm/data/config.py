@@ -133,8 +133,17 @@ class FilterConfig(RunConfig):
     c4_min_line_words: int = 3
     c4_terminal_punctuation: bool = True
     c4_min_sentences: int = 3
-    c4_bad_substrings: list[str] = field(
-        default_factory=lambda: ["lorem ipsum", "{", "javascript", "cookie policy", "terms of use"]
+    c4_bad_substrings: list[str] = field(default_factory=lambda: ["lorem ipsum", "{"])  # drop doc
+    c4_bad_line_substrings: list[str] = field(
+        default_factory=lambda: [
+            "javascript",
+            "terms of use",
+            "privacy policy",
+            "cookie policy",
+            "uses cookies",
+            "use of cookies",
+            "use cookies",
+        ]
     )
     # Blocklist: a file with one word or phrase per line.
     blocklist: str = ""

@@ -54,7 +54,10 @@ class ShardError(ValueError):
 
 
 def list_shards(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Resolve folders (searched recursively), globs and files to a sorted list of shard paths."""
+    """Resolve folders (searched recursively), globs and files to a sorted list of shard paths.
+
+    Hidden files and folders and robot dataset folders inside a searched folder are skipped.
+    """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     found: set[Path] = set()
@@ -62,7 +65,7 @@ def list_shards(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         item = str(item)
         path = Path(item)
         if path.is_dir():
-            candidates = [p for p in path.rglob("*") if p.suffix in SHARD_SUFFIXES]
+            candidates = _walk_shards(path)
         elif path.is_file():
             candidates = [path]
         else:
@@ -77,6 +80,20 @@ def list_shards(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     if not found:
         raise ValueError(f"no .tar or .jsonl shards found in {', '.join(map(str, inputs))}")
     return sorted(found)
+
+
+def _walk_shards(folder: Path) -> list[Path]:
+    # Hidden folders (work files) and robot dataset folders (meta/info.json) are not shards.
+    found = []
+    for parent, subfolders, files in os.walk(folder):
+        subfolders[:] = [
+            name
+            for name in subfolders
+            if not name.startswith(".")
+            and not (Path(parent) / name / "meta" / "info.json").is_file()
+        ]
+        found += [Path(parent) / name for name in files if Path(name).suffix in SHARD_SUFFIXES]
+    return found
 
 
 def iter_samples(
