@@ -89,6 +89,7 @@ class TrainerConfig:
     compile: bool = False
     seed: int = 0
     eval_every: int = 0  # 0: evaluate only at the end
+    eval_at_start: bool = False  # also evaluate the initial weights (fresh runs only)
     peak_flops: float = 190e9  # per process, for the MFU estimate (2-core CPU fp32 by default)
     prefetch: bool = True  # build the next batch in a background thread
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient on some steps
@@ -365,6 +366,7 @@ class Trainer:
         acc, accum = self.accelerator, self.cfg.grad_accum
         data_step = self.step + self.data_offset
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         tokens = 0
         self.module.train()
         for micro in range(accum):
@@ -384,19 +386,42 @@ class Trainer:
                     )
                 acc.backward(loss / accum)
             for key, value in out.items():
-                if (
-                    isinstance(value, torch.Tensor)
-                    and value.numel() == 1
-                    or isinstance(value, float | int)
-                ):
-                    value = torch.as_tensor(value, dtype=torch.float32).detach().reshape(())
-                    sums[key] = sums.get(key, 0) + value.to(acc.device, torch.float32) / accum
+                if isinstance(value, torch.Tensor) and value.numel() != 1:
+                    continue
+                if not isinstance(value, torch.Tensor | float | int):
+                    continue
+                value = torch.as_tensor(value, dtype=torch.float32).detach().reshape(())
+                sums[key] = sums.get(key, 0.0) + value.to(acc.device, torch.float32)
+                counts[key] = counts.get(key, 0) + 1
+        return self._mean_over_processes(sums, counts), self._sum_over_processes(tokens)
+
+    def _mean_over_processes(
+        self, sums: dict[str, torch.Tensor], counts: dict[str, int]
+    ) -> dict[str, float]:
+        """Mean of each logged scalar over the micro-steps and processes that reported it."""
+        acc = self.accelerator
         keys = sorted(sums)
-        stacked = torch.stack([sums[k] for k in keys])
         if acc.num_processes > 1:
-            stacked = acc.reduce(stacked, "mean")
-            tokens = int(acc.reduce(torch.tensor([tokens], device=acc.device), "sum").item())
-        return dict(zip(keys, stacked.tolist())), tokens
+            from accelerate.utils import gather_object
+
+            keys = sorted(set().union(*gather_object([keys])))  # a batch may lack a modality
+        totals = torch.stack(
+            [
+                torch.as_tensor(sums.get(k, 0.0), dtype=torch.float32, device=acc.device)
+                for k in keys
+            ]
+            + [torch.tensor(float(counts.get(k, 0)), device=acc.device) for k in keys]
+        )
+        if acc.num_processes > 1:
+            totals = acc.reduce(totals, "sum")
+        values, numbers = totals[: len(keys)], totals[len(keys) :]
+        return dict(zip(keys, (values / numbers.clamp(min=1)).tolist()))
+
+    def _sum_over_processes(self, count: int) -> int:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return count
+        return int(acc.reduce(torch.tensor([count], device=acc.device), "sum").item())
 
     def _grad_norm(self) -> float:
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -485,6 +510,8 @@ class Trainer:
         self._resume()
         if not ckpt.list_checkpoints(self.ckpt_dir):
             self.save_checkpoint()  # a rollback target exists from the first step on
+            if cfg.eval_at_start:
+                self.evaluate()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         prefetcher = _Prefetcher(self.stream, cfg.prefetch)
         bar = tqdm(
