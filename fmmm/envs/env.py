@@ -8,6 +8,8 @@ Cameras render once per control step.
 
 from __future__ import annotations
 
+import math
+import os
 import string
 from typing import Any
 
@@ -30,22 +32,20 @@ DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
 def rotvec_of(mat: np.ndarray) -> np.ndarray:
     """Axis-angle vector of a 3x3 rotation matrix."""
     quat = np.empty(4)
-    mujoco.mju_mat2Quat(quat, mat.reshape(9))
+    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(mat).reshape(9))
     vel = np.empty(3)
     mujoco.mju_quat2Vel(vel, quat, 1.0)
     return vel
 
 
-def rotation_of(rotvec: np.ndarray) -> np.ndarray:
-    """3x3 rotation matrix of an axis-angle vector."""
-    angle = float(np.linalg.norm(rotvec))
+def quat_of(rotvec: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write the unit quaternion of an axis-angle vector into `out` (w, x, y, z)."""
+    angle = math.sqrt(rotvec @ rotvec)
     if angle < 1e-12:
-        return np.eye(3)
-    quat = np.empty(4)
-    mujoco.mju_axisAngle2Quat(quat, rotvec / angle, angle)
-    mat = np.empty(9)
-    mujoco.mju_quat2Mat(mat, quat)
-    return mat.reshape(3, 3)
+        out[:] = (1.0, 0.0, 0.0, 0.0)
+    else:
+        mujoco.mju_axisAngle2Quat(out, rotvec / angle, angle)
+    return out
 
 
 class TabletopEnv(gym.Env):
@@ -103,21 +103,35 @@ class TabletopEnv(gym.Env):
         self.task = build_task(self.spec_task, self.model)
 
         model = self.model
-        self.arm_qpos = np.array([model.jnt_qposadr[model.joint(j).id] for j in ARM_JOINTS])
-        self.arm_dof = np.array([model.jnt_dofadr[model.joint(j).id] for j in ARM_JOINTS])
+        # The arm's joints, dofs and actuators come first and in order in arm.xml: slices keep
+        # the per-step indexing cheap.
+        joint_ids = [model.joint(j).id for j in ARM_JOINTS]
+        first = joint_ids[0]
+        if joint_ids != list(range(first, first + 6)) or any(
+            model.actuator(j).id != i for i, j in enumerate(ARM_JOINTS)
+        ):
+            raise ValueError("envs/arm.xml must declare joint1..joint6 and their actuators first")
+        self.arm_qpos = slice(model.jnt_qposadr[first], model.jnt_qposadr[first] + 6)
+        self.arm_dof = slice(model.jnt_dofadr[first], model.jnt_dofadr[first] + 6)
+        self.arm_act = slice(0, 6)
         self.finger_qpos = np.array(
             [model.jnt_qposadr[model.joint(f).id] for f in ("finger_left", "finger_right")]
         )
-        self.arm_range = model.jnt_range[[model.joint(j).id for j in ARM_JOINTS]].copy()
-        self.arm_act = np.array([model.actuator(j).id for j in ARM_JOINTS])
         self.finger_act = np.array([model.actuator(f).id for f in ("finger_left", "finger_right")])
+        self.arm_low, self.arm_high = model.jnt_range[joint_ids].T.copy()
         self.home_qpos = model.numeric("home_qpos").data.copy()
         self.ee_site = model.site("ee").id
-        self._jacp = np.zeros((3, model.nv))
-        self._jacr = np.zeros((3, model.nv))
-        self._damping = 2.5e-3 * np.eye(6)
+        self._jac = np.zeros((6, model.nv))
+        self._jjt = np.zeros((6, 6))
+        self._error = np.zeros(6)
+        self._solution = np.zeros(6)
+        self._damping = 2.5e-3
         self._target_pos = np.zeros(3)
-        self._target_rot = np.eye(3)
+        self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        # Scratch quaternions and vectors for the per-step orientation arithmetic.
+        self._ee_quat, self._delta_quat, self._quat = np.zeros(4), np.zeros(4), np.zeros(4)
+        self._rot_error = np.zeros(3)
+        self._state_buffer = np.zeros(STATE_DIM, dtype=np.float32)
         self._renderer: mujoco.Renderer | None = None
         self._steps = 0
 
@@ -144,7 +158,7 @@ class TabletopEnv(gym.Env):
         data.ctrl[self.finger_act] = FINGER_OPEN
         mujoco.mj_forward(model, data)
         self._target_pos = data.site_xpos[self.ee_site].copy()
-        self._target_rot = data.site_xmat[self.ee_site].reshape(3, 3).copy()
+        mujoco.mju_mat2Quat(self._target_quat, data.site_xmat[self.ee_site])
         self._steps = 0
         self._instruction = self.task.instruction()
         return self._observation(), {"is_success": self.task.is_success(data)}
@@ -181,44 +195,62 @@ class TabletopEnv(gym.Env):
     def _apply_action(self, action: np.ndarray) -> None:
         data = self.data
         ee_pos = data.site_xpos[self.ee_site]
-        ee_rot = data.site_xmat[self.ee_site].reshape(3, 3)
         # The commanded pose leads the measured one by at most two steps, so a blocked arm
         # (pressing on the table, holding a load) does not wind up.
+        max_lead = 2.0 * self.max_pos_delta
         lead = self._target_pos + action[:3] * self.max_pos_delta - ee_pos
-        lead_norm = np.linalg.norm(lead)
-        if lead_norm > 2 * self.max_pos_delta:
-            lead *= 2 * self.max_pos_delta / lead_norm
+        lead_norm = math.sqrt(lead @ lead)
+        if lead_norm > max_lead:
+            lead *= max_lead / lead_norm
         self._target_pos = ee_pos + lead
-        target_rot = rotation_of(action[3:6] * self.max_rot_delta) @ self._target_rot
-        rot_error = rotvec_of(target_rot @ ee_rot.T)
-        rot_norm = np.linalg.norm(rot_error)
-        if rot_norm > 2 * self.max_rot_delta:
-            rot_error *= 2 * self.max_rot_delta / rot_norm
-        self._target_rot = rotation_of(rot_error) @ ee_rot
+        # Orientation as quaternions: target <- delta * target, error = target * conj(ee).
+        mujoco.mju_mat2Quat(self._ee_quat, data.site_xmat[self.ee_site])
+        quat_of(action[3:6] * self.max_rot_delta, self._delta_quat)
+        mujoco.mju_mulQuat(self._quat, self._delta_quat, self._target_quat)
+        mujoco.mju_negQuat(self._delta_quat, self._ee_quat)
+        mujoco.mju_mulQuat(self._target_quat, self._quat, self._delta_quat)
+        rot_error = self._rot_error
+        mujoco.mju_quat2Vel(rot_error, self._target_quat, 1.0)
+        max_turn = 2.0 * self.max_rot_delta
+        rot_norm = math.sqrt(rot_error @ rot_error)
+        if rot_norm > max_turn:
+            rot_error *= max_turn / rot_norm
+        mujoco.mju_mulQuat(self._target_quat, quat_of(rot_error, self._quat), self._ee_quat)
 
-        mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.ee_site)
-        jac = np.vstack([self._jacp[:, self.arm_dof], self._jacr[:, self.arm_dof]])
-        error = np.concatenate([lead, rot_error])
-        dq = jac.T @ np.linalg.solve(jac @ jac.T + self._damping, error)
-        qpos = data.qpos[self.arm_qpos]
-        data.ctrl[self.arm_act] = np.clip(qpos + dq, self.arm_range[:, 0], self.arm_range[:, 1])
+        # One damped-least-squares step: dq = J^T (J J^T + damping I)^-1 error.
+        mujoco.mj_jacSite(self.model, data, self._jac[:3], self._jac[3:], self.ee_site)
+        jac = self._jac[:, self.arm_dof]
+        np.matmul(jac, jac.T, out=self._jjt)
+        self._jjt.flat[::7] += self._damping
+        self._error[:3], self._error[3:] = lead, rot_error
+        mujoco.mju_cholFactor(self._jjt, 0.0)
+        mujoco.mju_cholSolve(self._solution, self._jjt, self._error)
+        target = data.qpos[self.arm_qpos] + self._solution @ jac
+        data.ctrl[self.arm_act] = np.minimum(np.maximum(target, self.arm_low), self.arm_high)
         data.ctrl[self.finger_act] = FINGER_OPEN * (1.0 - action[6]) / 2.0
 
     # ----- observations -----
     def _state(self) -> np.ndarray:
-        data = self.data
-        quat = np.empty(4)
+        data, state = self.data, self._state_buffer
+        quat = self._quat
         mujoco.mju_mat2Quat(quat, data.site_xmat[self.ee_site])
         if quat[0] < 0:
-            quat = -quat
-        opening = data.qpos[self.finger_qpos].sum()
-        return np.concatenate(
-            [data.qpos[self.arm_qpos], [opening], data.site_xpos[self.ee_site], quat]
-        ).astype(np.float32)
+            quat *= -1.0
+        state[:6] = data.qpos[self.arm_qpos]
+        state[6] = data.qpos[self.finger_qpos[0]] + data.qpos[self.finger_qpos[1]]
+        state[7:10] = data.site_xpos[self.ee_site]
+        state[10:] = quat
+        return state.copy()
 
     def _camera(self, name: str) -> np.ndarray:
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            try:
+                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            except Exception as exc:  # mujoco raises FatalError or RuntimeError by backend
+                raise RuntimeError(
+                    f"cannot create an OpenGL context (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): {exc}; "
+                    "set MUJOCO_GL=egl or osmesa before mujoco is first imported, or use render=False"
+                ) from None
         mujoco.mj_camlight(self.model, self.data)
         self._renderer.update_scene(self.data, camera=name)
         return self._renderer.render()

@@ -179,6 +179,9 @@ class ScriptedExpert:
             self.phase = "approach"
         if self.phase == "approach":
             above = np.array([behind[0], behind[1], push_z + 0.08])
+            if ee[2] < push_z + 0.05 and np.linalg.norm(ee[:2] - behind) > 0.015:
+                # Rise straight up before moving sideways, so the gripper does not tip the object.
+                return self._move(np.array([ee[0], ee[1], above[2]]), CLOSE)
             if self._near(above, 0.015):
                 self.phase = "descend"
             return self._move(above, CLOSE)
