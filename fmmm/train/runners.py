@@ -15,8 +15,8 @@ from fmmm.registry import Registry
 RUNNERS = Registry("training run kind")
 RUNNERS.lazy("pretrain", "fmmm.train.pretrain")
 RUNNERS.lazy("vla", "fmmm.policies.train_vla")
-RUNNERS.lazy("sft", "fmmm.policies.train_sft")
-RUNNERS.lazy("dpo", "fmmm.policies.train_dpo")
+RUNNERS.lazy("sft", "fmmm.policies.posttrain")
+RUNNERS.lazy("dpo", "fmmm.policies.posttrain")
 
 DEFAULT_KIND = "pretrain"
 
