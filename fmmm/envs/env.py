@@ -24,6 +24,8 @@ from fmmm.envs.tasks import build_task
 ARM_JOINTS = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 FINGER_OPEN = 0.04  # per finger, metres
 STATE_DIM = 14  # 6 joints, gripper opening, end-effector position (3) and quaternion (4)
+# Generous bounds of the state: joint angles (rad), opening (m), position (m), quaternion.
+STATE_BOUND = np.array([2 * np.pi] * 6 + [1.0] + [2.0] * 3 + [1.0] * 4, dtype=np.float32)
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-_"
 # The gripper points down and rotates about the vertical: hand x axis along world -x at yaw 0.
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
@@ -137,7 +139,7 @@ class TabletopEnv(gym.Env):
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
         spaces: dict[str, gym.Space] = {
-            "state": gym.spaces.Box(-np.inf, np.inf, shape=(STATE_DIM,), dtype=np.float32),
+            "state": gym.spaces.Box(-STATE_BOUND, STATE_BOUND, dtype=np.float32),
             "instruction": gym.spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
         }
         if render:
