@@ -126,3 +126,16 @@ def test_collect_refuses_to_mix_settings_into_a_finished_dataset(demo_dataset):
     result = _run_collect(demo_dataset, "--episodes", str(DEMO_EPISODES), "--seed", "7")
     assert result.returncode == 2 and "other settings" in result.stderr
     assert json.loads((demo_dataset / "meta" / "info.json").read_text())["collection"]["seed"] == 0
+
+
+def test_the_dataset_is_the_first_kept_attempts_in_order_whatever_finished_first():
+    from fmmm.collect import _selected
+
+    def attempt(index: int, kept: bool) -> dict:
+        return {"attempt": index, "kept": kept}
+
+    done = {i: attempt(i, kept) for i, kept in enumerate([True, False, True, True, True])}
+    assert [s["attempt"] for s in _selected(done, 3)] == [0, 2, 3]
+    del done[2]  # attempt 2 still running: attempts 3 and 4 cannot be chosen yet
+    assert _selected(done, 3) is None
+    assert _selected(done, 1) == [attempt(0, True)]
