@@ -90,10 +90,15 @@ class Segment:
         self.modality = Modality(self.modality)
         if self.modality == Modality.PAD:
             raise ValueError("a segment cannot have the PAD modality")
+        if self.prefix and self.loss:
+            # prefix positions see the whole prefix, so predicting a prefix token would leak it
+            raise ValueError("prefix tokens cannot carry loss: the bidirectional prefix sees them")
         if self.modality in DISCRETE:
             if self.ids is None or self.features is not None:
                 raise ValueError(f"{self.modality.key} segment needs ids and no features")
             self.ids = torch.as_tensor(self.ids, dtype=torch.long).flatten()
+            if len(self.ids) and self.ids.min() < 0:
+                raise ValueError(f"{self.modality.key} ids must be >= 0")
         else:
             if self.features is None or self.ids is not None:
                 raise ValueError(f"{self.modality.key} segment needs features and no ids")
@@ -312,12 +317,13 @@ class SequenceBuilder:
         self,
         text: str,
         prefix: bool = False,
-        loss: bool = True,
+        loss: bool | None = None,
         bos: bool = False,
         eos: bool = False,
     ) -> list[Segment]:
-        """Text segment; `loss` trains the model to predict these tokens."""
+        """Text segment; `loss` (default: outside the prefix) trains the model to predict it."""
         ids = self.text_tokenizer.encode([text], add_bos=bos, add_eos=eos)[0]
+        loss = not prefix if loss is None else loss
         return [Segment(Modality.TEXT, ids=ids, prefix=prefix, loss=loss)]
 
     def image(self, image: torch.Tensor, prefix: bool = True) -> list[Segment]:
@@ -399,7 +405,7 @@ class SequenceBuilder:
             segments += self.image(image)
         if state is not None:
             segments += self.state(state)
-        segments += self.text(instruction, prefix=True, loss=False)
+        segments += self.text(instruction, prefix=True)
         if actions is None:
             return segments + [Segment(Modality.TEXT, ids=[self.text_tokenizer.action_id])]
         return segments + self.actions(actions)

@@ -216,6 +216,10 @@ def test_bad_segments_raise_value_error(builder):
         pack_samples([[text, late_prefix]], 8)
     with pytest.raises(ValueError, match="cannot carry loss"):
         Segment(Modality.IMAGE, features=torch.zeros(2, 4), loss=True)
+    with pytest.raises(ValueError, match="prefix tokens cannot carry loss"):
+        Segment(Modality.TEXT, ids=[5], prefix=True, loss=True)
+    with pytest.raises(ValueError, match=">= 0"):
+        Segment(Modality.TEXT, ids=[-1])
     with pytest.raises(ValueError, match="NaN"):
         Segment(Modality.STATE, features=torch.full((1, 3), float("nan")))
     with pytest.raises(ValueError, match="empty"):
