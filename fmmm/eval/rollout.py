@@ -164,12 +164,19 @@ _worker: dict[str, Any] = {}
 
 
 def _init_eval_worker(
-    policy_source: str, base_seed: int, instruction: str | None, video_dir: str | None
+    policy_source: str,
+    base_seed: int,
+    instruction: str | None,
+    video_dir: str | None,
+    factory: Any = None,
 ) -> None:
+    """Set up a worker; `factory` is the already loaded policy when running in-process."""
     limit_worker_threads()
     from fmmm.policies.factory import load_policy
 
-    factory = load_policy(policy_source)
+    factory = factory or load_policy(policy_source)
+    for env, _ in _worker.get("envs", {}).values():
+        env.close()
     _worker.clear()
     _worker.update(
         factory=factory,
@@ -247,8 +254,11 @@ def evaluate(
     items = [(task, index) for task in tasks for index in range(episodes)]
     rows = []
     start = time.perf_counter()
+    workers = min(num_envs, len(items))
     initargs = (policy, base_seed, instruction, None if video_dir is None else str(video_dir))
-    results = parallel_map(_eval_one, items, min(num_envs, len(items)), _init_eval_worker, initargs)
+    if workers == 1:
+        initargs += (factory,)  # in-process: reuse the loaded policy rather than load it again
+    results = parallel_map(_eval_one, items, workers, _init_eval_worker, initargs)
     for row in tqdm(results, total=len(items), desc="eval", disable=not progress, unit="ep"):
         rows.append(row)
     wall = time.perf_counter() - start
