@@ -1,9 +1,10 @@
 """`dedup`: exact and near-duplicate removal over shards and robot datasets.
 
 Three stages, each resumable: (1) per unit, in workers: hashes and signatures of every item, saved
-as .npy files (no documents are kept); (2) globally: duplicate clusters from exact hashes, MinHash
-LSH bands (text), pHash chunks and optional CLIP embeddings (images, video frames); the first
-item of each cluster in the global order (unit order, then position) is kept; (3) per unit, in
+as .npy files (no documents are kept); (2) globally: similar pairs from exact hashes, MinHash LSH
+bands (text), pHash chunks and optional CLIP embeddings (images, video frames), decided in the
+global order (unit order, then position): an item is removed when it duplicates an earlier item
+that is kept, so the first of every group of duplicates stays; (3) per unit, in
 workers: the kept items are written to the output, the removed ones logged with the reason.
 """
 
@@ -32,9 +33,9 @@ from fmmm.data.pipeline import Unit, iter_items, list_units, run_units, work_fol
 from fmmm.data.shards import Sample, ShardError, decode_image, decode_video, write_shard
 from fmmm.data.similarity import (
     bucket_pairs,
-    cluster_representatives,
     cosine_pairs,
     hamming_pairs,
+    keep_first,
     perceptual_hash,
 )
 
@@ -262,15 +263,10 @@ def find_duplicates(
         score[alive[duplicate]] = 1.0
 
     def clusters(name: str, later: np.ndarray, earlier: np.ndarray, scores: np.ndarray) -> None:
-        if len(later) == 0:
-            return
-        nodes, representatives = cluster_representatives(later, earlier)
-        removed = nodes != representatives
-        reason[nodes[removed]] = REASONS.index(name)
-        kept_as[nodes[removed]] = representatives[removed]
-        best = np.full(len(nodes), -np.inf)
-        np.maximum.at(best, np.searchsorted(nodes, later), scores)
-        score[nodes[removed]] = best[removed]
+        removed, kept, best = keep_first(later, earlier, scores)
+        reason[removed] = REASONS.index(name)
+        kept_as[removed] = kept
+        score[removed] = best
 
     if config.text:
         bands, _ = lsh_parameters(config)

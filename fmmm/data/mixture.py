@@ -213,7 +213,7 @@ def mix(inputs: list[str], output: str, config: MixConfig) -> dict[str, Any]:
         streams[source] = _source_stream(mine, counts, int(counts.max()))
     from tqdm import tqdm
 
-    out = Path(output) / "mix"
+    out = Path(output) / "shards"
     written = {s: 0 for s in streams}
     credit = {s: 0.0 for s in streams}
     total = sum(targets.values())

@@ -87,7 +87,7 @@ def source_name(path: Path, root: Path) -> str:
 
 
 def list_units(inputs: Sequence[str], output: str | os.PathLike) -> list[Unit]:
-    """Resolve inputs to units in the global order, with output paths mirroring the input tree."""
+    """Resolve inputs to units in the global order; outputs mirror the input tree in OUT/shards/."""
     if not inputs:
         raise ValueError("no input given")
     paths = sorted({p.resolve() for item in inputs for p in _walk_inputs(str(item))})
@@ -98,12 +98,14 @@ def list_units(inputs: Sequence[str], output: str | os.PathLike) -> list[Unit]:
         raise ValueError(f"no shards or robot datasets found in {', '.join(map(str, inputs))}")
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     output = Path(output).resolve()
-    if output == root or root in output.parents or output in [p for p in paths]:
-        raise ValueError(f"output folder {output} must lie outside the input {root}")
-    if any(output in p.parents for p in paths):
+    for item in inputs:
+        folder = Path(item).resolve()
+        if folder.is_dir() and (output == folder or folder in output.parents):
+            raise ValueError(f"output folder {output} must lie outside the input folder {folder}")
+    if any(output == p or output in p.parents for p in paths):
         raise ValueError(f"output folder {output} holds input shards; choose another folder")
     return [
-        Unit(i, str(p), str(output / p.relative_to(root)), source_name(p, root))
+        Unit(i, str(p), str(output / "shards" / p.relative_to(root)), source_name(p, root))
         for i, p in enumerate(paths)
     ]
 

@@ -1,4 +1,4 @@
-"""Near-duplicate search on compact hashes: LSH bucket pairs, Hamming-ball pairs, clusters.
+"""Near-duplicate search on compact hashes: LSH bucket pairs, Hamming-ball pairs, keep-first.
 
 Everything works on numpy arrays of hashes and global item indices (the deterministic order:
 shard order, then position), never on the items themselves.
@@ -128,20 +128,23 @@ def cosine_pairs(
     return np.concatenate(later), np.concatenate(earlier), np.concatenate(scores)
 
 
-def cluster_representatives(
-    later: np.ndarray, earlier: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of the pair graph: (node ids, smallest id of each node's component).
+def keep_first(
+    later: np.ndarray, earlier: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy keep-first over similar pairs: an item is removed when it is similar to an earlier
+    item that is kept. Returns (removed ids, the kept item each duplicates, the pair's score).
 
-    The smallest id is the first item in the global order: the one a dedup keeps.
+    Items are decided in the global order, so a chain a~b~c with a !~ c removes b and keeps c:
+    every removed item has a kept duplicate, unlike connected-component clustering.
     """
-    nodes, inverse = np.unique(np.concatenate([later, earlier]), return_inverse=True)
-    u, v = inverse[: len(later)], inverse[len(later) :]
-    label = np.arange(len(nodes))
-    while True:
-        previous = label.copy()
-        np.minimum.at(label, u, label[v])
-        np.minimum.at(label, v, label[u])
-        label = label[label]  # pointer jumping
-        if np.array_equal(label, previous):
-            return nodes, nodes[label]
+    order = np.lexsort((earlier, later))
+    removed: dict[int, tuple[int, float]] = {}
+    for item, other, score in zip(
+        later[order].tolist(), earlier[order].tolist(), np.asarray(scores)[order].tolist()
+    ):
+        if item not in removed and other not in removed:
+            removed[item] = (other, score)
+    ids = np.fromiter(removed, dtype=np.int64, count=len(removed))
+    kept = np.array([v[0] for v in removed.values()], dtype=np.int64)
+    best = np.array([v[1] for v in removed.values()], dtype=np.float64)
+    return ids, kept, best
