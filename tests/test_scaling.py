@@ -3,6 +3,7 @@
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ from fmmm.scaling import (
 )
 
 VOCAB = 100
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+DEBUG_YAML = str(MODEL_CONFIGS / "debug.yaml")
 CONFIGS = [
     preset("debug"),
     TransformerConfig(dim=96, n_layers=3, n_heads=6, n_kv_heads=3, qk_norm=True),
@@ -128,7 +131,7 @@ def test_cli_prints_plan_for_preset_and_config(capsys):
     assert main(["--preset", "llama3-8b", "--flops", "1e22"]) == 0
     out = capsys.readouterr().out
     assert "8,030,261,248" in out and "approach3" in out and "GiB" in out
-    assert main(["configs/model/debug.yaml", "backbone.n_layers=3", "--seq-len", "128"]) == 0
+    assert main([DEBUG_YAML, "backbone.n_layers=3", "--seq-len", "128"]) == 0
     out = capsys.readouterr().out
     config = MultimodalConfig(
         backbone=preset("debug", n_layers=3, max_seq_len=256), state_dim=32, embed_dim=64
@@ -138,10 +141,18 @@ def test_cli_prints_plan_for_preset_and_config(capsys):
 
 def test_cli_bad_input_exits_two_with_one_line_error():
     result = subprocess.run(
-        [sys.executable, "-m", "fmmm.scaling", "configs/model/debug.yaml", "backbone.n_heads=3"],
+        [sys.executable, "-m", "fmmm.scaling", DEBUG_YAML, "backbone.n_heads=3"],
         capture_output=True,
         text=True,
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "n_heads" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", sorted(MODEL_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_model_configs_load_and_count(path):
+    from fmmm.config import load_config
+
+    config = load_config(MultimodalConfig, path)
+    assert meta_parameter_count(lambda: MultimodalModel(config)) > 0

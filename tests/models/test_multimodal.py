@@ -135,3 +135,44 @@ def test_features_row_count_mismatch_raises(builder):
 def test_from_pretrained_missing_dir_raises(tmp_path):
     with pytest.raises(ValueError, match="config.json"):
         MultimodalModel.from_pretrained(tmp_path)
+
+
+def test_model_with_timm_vision_tower_runs_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    text = default_text_tokenizer(512)
+    builder = SequenceBuilder(text, image_tokenizer=ImageTokenizer(image_size=32, patch_size=16))
+    config = MultimodalConfig(
+        backbone=preset("debug"),
+        text_vocab_size=text.vocab_size,
+        image_size=32,
+        patch_size=16,
+        vision_tower="timm:vit_tiny_patch16_224",
+    )
+    model = MultimodalModel(config).eval()
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    batch = builder.build([builder.caption_sample("a cube", image=image)], context_length=16)
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model(batch)["logits"]
+        torch.testing.assert_close(
+            MultimodalModel.from_pretrained(tmp_path)(batch)["logits"], expected
+        )
+
+
+def test_moe_model_adds_balance_loss_to_total_loss(builder):
+    model = _model(builder).train()
+    moe = MultimodalModel(
+        MultimodalConfig(
+            backbone=preset("debug", n_experts=4),
+            text_vocab_size=builder.action_offset,
+            action_bins=32,
+            image_size=16,
+            patch_size=8,
+            state_dim=5,
+        )
+    )
+    batch = builder.build([_vla(builder, 0)], context_length=64)
+    out = moe(batch)
+    assert out["moe_aux_loss"] > 0
+    torch.testing.assert_close(out["loss"], out["ce_loss"] + out["aux_loss"])
+    assert model(batch)["aux_loss"] == 0
