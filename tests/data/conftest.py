@@ -187,3 +187,46 @@ def image_shard(tmp_path) -> tuple[Path, dict]:
     path = tmp_path / "images" / "pairs-000000.tar"
     write_shard(path, samples)
     return path, truth
+
+
+def write_robot_dataset(root: Path, episodes: list[tuple[str, np.ndarray, np.ndarray]]) -> Path:
+    """A small fmmm robot dataset from (instruction, states (T, S), actions (T, A)) episodes."""
+    from fmmm.datasets import robot
+
+    tasks, rows, samples, offset = [], [], [], 0
+    for index, (instruction, states, actions) in enumerate(episodes):
+        length = len(actions)
+        if instruction not in tasks:
+            tasks.append(instruction)
+        frames = np.arange(length, dtype=np.int64)
+        episode = {
+            robot.IMAGE_PREFIX + "agentview": np.full((length, 8, 8, 3), index, dtype=np.uint8),
+            robot.STATE_KEY: states.astype(np.float32),
+            robot.ACTION_KEY: actions.astype(np.float32),
+            "timestamp": (frames / 10.0).astype(np.float32),
+            "frame_index": frames,
+            "episode_index": np.full(length, index, dtype=np.int64),
+            "index": frames + offset,
+            "task_index": np.full(length, tasks.index(instruction), dtype=np.int64),
+        }
+        robot.write_episode(robot.episode_path(root, index), episode)
+        samples.append(robot.stats_sample(episode))
+        rows.append({"episode_index": index, "tasks": [instruction], "length": length})
+        offset += length
+    info = {
+        "format": robot.FORMAT_VERSION,
+        "fps": 10,
+        "features": robot.feature_spec(episode),
+        "total_episodes": len(rows),
+        "total_frames": offset,
+        "total_tasks": len(tasks),
+    }
+    robot.write_metadata(root, info, rows, tasks, robot.compute_stats(samples))
+    return root
+
+
+def random_episode(seed: int, length: int = 20, instruction: str = "pick up the red cube"):
+    rng = np.random.default_rng(seed)
+    states = np.cumsum(rng.normal(0, 0.05, (length, 14)), axis=0)
+    actions = rng.uniform(-1, 1, (length, 7))
+    return instruction, states, actions
