@@ -190,7 +190,11 @@ def _as_lists(ids) -> list:
 
 @functools.cache
 def default_text_tokenizer(vocab_size: int = 1024) -> TextTokenizer:
-    """A byte-level BPE trained on the built-in English corpus (milliseconds, cached in memory)."""
+    """A byte-level BPE trained on the built-in English corpus (milliseconds, cached in memory).
+
+    The corpus holds merges for about 800 ids, so a larger `vocab_size` stops there: read
+    `.vocab_size` for the real size.
+    """
     return TextTokenizer.train(BUILTIN_CORPUS.splitlines(), vocab_size=vocab_size)
 
 
