@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from peft import PeftModel
     from torch import nn
 
@@ -95,3 +96,14 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())
     return trainable, total
+
+
+def base_state_dict(network: PeftModel) -> dict[str, torch.Tensor]:
+    """The wrapped module's own state dict, without adapters: the frozen base weights."""
+    state = {}
+    for key, value in network.get_base_model().state_dict().items():
+        if "lora_" in key or ".modules_to_save." in key:
+            continue
+        key = key.replace(".base_layer.", ".").replace(".original_module.", ".")
+        state[key] = value
+    return state

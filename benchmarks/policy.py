@@ -1,0 +1,140 @@
+"""VLA policy speed on CPU: actions per second with and without the KV cache, and with chunks.
+
+    python benchmarks/policy.py                       # quickstart-sized model, random weights
+    python benchmarks/policy.py --policy runs/quickstart --seconds 5
+
+Each setting serves actions through `VLAPolicy.act` (the evaluation path) on fixed observations;
+a chunk of k actions costs one prefill plus k*7 decoded tokens and is executed whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_DIM = 14
+
+
+def quickstart_vla(chunk: int):
+    """A VLA of the quickstart's shape (configs/quickstart.yaml) with random weights."""
+    from fmmm.config import load_config
+    from fmmm.models.backbone import preset
+    from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
+    from fmmm.policies.train_vla import VLARunConfig
+    from fmmm.policies.vla import VLA, VLAConfig
+    from fmmm.resources import data_dir
+    from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
+    from fmmm.tokenizers.image import ImageTokenizer
+    from fmmm.tokenizers.sequence import SequenceBuilder
+    from fmmm.tokenizers.text import default_text_tokenizer
+
+    cfg = load_config(VLARunConfig, data_dir("configs") / "quickstart.yaml")
+    m = cfg.model
+    backbone = preset(
+        m.preset, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_heads,
+        ffn_hidden=m.ffn_hidden, max_seq_len=1024,
+    )  # fmt: skip
+    config = MultimodalConfig(
+        backbone=backbone,
+        text_vocab_size=m.text_vocab_size,
+        action_bins=m.action_bins,
+        image_size=m.image_size,
+        patch_size=m.patch_size,
+        state_dim=STATE_DIM,
+    )
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    builder = SequenceBuilder(
+        default_text_tokenizer(m.text_vocab_size),
+        image_tokenizer=ImageTokenizer(m.image_size, m.patch_size),
+        action_tokenizer=ActionTokenizer(m.action_bins).fit(
+            torch.rand(256, 7, generator=generator) * 2 - 1
+        ),
+        state_normalizer=StateNormalizer().fit(torch.randn(256, STATE_DIM, generator=generator)),
+        action_offset=config.action_offset,
+    )
+    policy_cfg = VLAConfig(
+        cameras=list(cfg.policy.cameras), use_state=True, chunk=chunk, execute=chunk
+    )
+    return VLA(MultimodalModel(config), builder, policy_cfg).eval()
+
+
+def observation() -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "agentview": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "state": rng.normal(size=STATE_DIM).astype(np.float32),
+        "instruction": "reach the red cube",
+    }
+
+
+def actions_per_second(vla, use_cache: bool, seconds: float) -> float:
+    """Actions served per second by `VLAPolicy.act` with the cache on or off."""
+    from fmmm.policies.vla import VLAPolicy
+
+    vla.config.use_cache = use_cache
+    policy = VLAPolicy(vla)
+    obs = observation()
+    for _ in range(3 * vla.config.chunk):  # warm-up
+        policy.act(obs)
+    served, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or served < vla.config.chunk:
+        policy.act(obs)
+        served += 1
+    return served / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="run directory of a trained VLA (default: random quickstart-sized model)",
+    )
+    parser.add_argument("--chunks", default="1,4", help="comma-separated chunk sizes")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timing window per setting")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from fmmm.policies.vla import VLA
+
+    rows = []
+    for chunk in (int(c) for c in args.chunks.split(",")):
+        if args.policy:
+            vla = VLA.load(args.policy, chunk=chunk, execute=chunk)
+        else:
+            vla = quickstart_vla(chunk)
+        for use_cache in (True, False):
+            rate = actions_per_second(vla, use_cache, args.seconds)
+            rows.append({"chunk": chunk, "kv_cache": use_cache, "actions_per_second": rate})
+            print(f"chunk {chunk}  kv_cache {str(use_cache):5}  {rate:8.1f} actions/s", flush=True)
+    base = next(
+        r["actions_per_second"]
+        for r in rows
+        if r["chunk"] == rows[0]["chunk"] and not r["kv_cache"]
+    )
+    print(f"\n| chunk | KV cache | actions/s | vs chunk {rows[0]['chunk']} without cache |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['chunk']} | {'yes' if r['kv_cache'] else 'no'} | {r['actions_per_second']:.1f} | {r['actions_per_second'] / base:.2f}x |"
+        )
+    if args.json:
+        from fmmm.utils.io import atomic_write_json
+
+        atomic_write_json(
+            args.json, {"machine": platform.processor(), "threads": args.threads, "rows": rows}
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

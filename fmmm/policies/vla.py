@@ -1,0 +1,283 @@
+"""Vision-language-action policy (RT-2 / OpenVLA recipe) on the pretrained `MultimodalModel`.
+
+Camera images, the proprioceptive state and the instruction form a bidirectional prefix; the
+policy then emits `chunk * 7` action tokens (bins in the shared vocabulary at `action_offset`)
+greedily, one at a time with the KV cache, and de-tokenizes them with the action statistics saved
+beside the weights. `act()` serves actions from a queue refilled every `execute` steps.
+
+A run directory holds:
+
+    policy.json              {"type": "vla", "adaptation": ..., <VLAConfig fields>}
+    model/                   MultimodalModel weights + config, tokenizers/ (text, image, action, state)
+    adapter/                 LoRA adapter only (adapter_model.safetensors), when adaptation is "lora"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmmm.models.multimodal import TOKENIZERS_DIR, MultimodalModel
+from fmmm.policies.factory import PolicyFactory, policy_registry
+from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
+from fmmm.tokenizers.image import ImageTokenizer
+from fmmm.tokenizers.sequence import (
+    IGNORE_INDEX,
+    Modality,
+    MultimodalBatch,
+    Segment,
+    SequenceBuilder,
+)
+from fmmm.tokenizers.text import TextTokenizer
+from fmmm.utils.io import atomic_write_json
+
+ACTION_DIM = 7
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+POLICY_FILE = "policy.json"
+CAMERAS = ("agentview", "wrist")
+
+
+@dataclass
+class VLAConfig:
+    """What the policy sees and how it acts (saved in policy.json)."""
+
+    cameras: list[str] = field(default_factory=lambda: ["agentview"])
+    use_state: bool = True
+    chunk: int = 4  # actions predicted per inference
+    execute: int = 0  # actions executed from each chunk before predicting again; 0: all of them
+    use_cache: bool = True  # KV cache during decoding (False: re-run the whole sequence per token)
+
+    def __post_init__(self) -> None:
+        if not self.cameras and not self.use_state:
+            raise ValueError("the policy needs at least one camera or use_state")
+        for camera in self.cameras:
+            if camera not in CAMERAS:
+                raise ValueError(f"unknown camera {camera!r}; expected one of {CAMERAS}")
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        if not 0 <= self.execute <= self.chunk:
+            raise ValueError(f"execute must be in [0, chunk={self.chunk}], got {self.execute}")
+
+    @property
+    def steps_per_chunk(self) -> int:
+        return self.execute or self.chunk
+
+
+class VLA(nn.Module):
+    """MultimodalModel + tokenizers: training loss on action tokens and chunk prediction."""
+
+    def __init__(self, model: nn.Module, builder: SequenceBuilder, config: VLAConfig):
+        super().__init__()
+        if builder.action_tokenizer is None or builder.action_tokenizer.dims != ACTION_DIM:
+            raise ValueError(f"the VLA needs an action tokenizer fitted on {ACTION_DIM}-D actions")
+        if config.use_state and builder.state_normalizer is None:
+            raise ValueError("use_state needs a fitted state normalizer")
+        self.model = model  # a MultimodalModel, or a peft wrapper around one
+        self.builder = builder
+        self.config = config
+        self.num_bins = builder.action_tokenizer.num_bins
+        self.action_offset = builder.action_offset
+
+    # ------------------------------------------------------------------ sequences
+    def prefix_segments(self, observation: dict[str, Any]) -> list[Segment]:
+        """Prefix of one observation: BOS, camera images, state, instruction, then `<|action|>`."""
+        images = []
+        for camera in self.config.cameras:
+            if camera not in observation:
+                raise ValueError(f"observation has no {camera!r} image")
+            image = torch.tensor(np.asarray(observation[camera]))
+            if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
+                raise ValueError(
+                    f"observation[{camera!r}] must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}"
+                )
+            images.append(image.permute(2, 0, 1))
+        state = None
+        if self.config.use_state:
+            state = torch.tensor(np.asarray(observation["state"], dtype=np.float32))
+        instruction = observation.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("observation needs a non-empty 'instruction' string")
+        return self.builder.vla_sample(images, state, instruction)
+
+    def training_batch(
+        self, prefixes: list[list[Segment]], action_ids: torch.Tensor, action_mask: torch.Tensor
+    ) -> MultimodalBatch:
+        """Batch of prefixes followed by action bins (B, chunk*7); masked bins carry no loss."""
+        samples = []
+        for prefix, ids in zip(prefixes, action_ids):
+            samples.append(
+                prefix + [Segment(Modality.ACTION, ids=ids + self.action_offset, loss=True)]
+            )
+        length = max(sum(len(s) for s in sample) for sample in samples)
+        batch = self.builder.build(samples, length, pack=False)
+        # The marker and action positions are the last chunk*7+1 of each row's sample.
+        ends = (batch.sample_ids > 0).sum(dim=1)  # (B,)
+        width = action_ids.shape[1]
+        rows = torch.arange(len(samples))[:, None]
+        columns = ends[:, None] - width - 1 + torch.arange(width)[None]  # predicting positions
+        batch.targets[rows, columns] = torch.where(
+            action_mask, batch.targets[rows, columns], IGNORE_INDEX
+        )
+        return batch
+
+    def forward(self, batch: MultimodalBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy over the action bins at every action target; (loss, info)."""
+        out = self.model(batch)
+        valid = batch.targets != IGNORE_INDEX  # (B, L)
+        if not bool(valid.any()):
+            raise ValueError("the batch has no action targets")
+        logits = out["logits"][valid][:, self.action_offset : self.action_offset + self.num_bins]
+        bins = batch.targets[valid] - self.action_offset
+        if bool(((bins < 0) | (bins >= self.num_bins)).any()):
+            raise ValueError("targets must be action tokens")
+        loss = nn.functional.cross_entropy(logits.float(), bins)
+        accuracy = (logits.argmax(-1) == bins).float().mean()
+        return loss + out["aux_loss"], {"action_loss": loss.detach(), "action_accuracy": accuracy}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_chunk(
+        self, observation: dict[str, Any], use_cache: bool | None = None
+    ) -> np.ndarray:
+        """Greedy decoding of the next `chunk` actions: float32 (chunk, 7) in [-1, 1]."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        prefix = self.prefix_segments(observation)
+        total = self.config.chunk * ACTION_DIM
+        batch = self.builder.build([prefix], sum(len(s) for s in prefix), pack=False)
+        prefix_len = batch.input_ids.shape[1]
+        generated: list[int] = []
+        if use_cache:
+            model = self.model
+            cache = model.new_cache(1, prefix_len + total)
+            logits = model.prefill(batch, cache)["logits"][:, -1]
+            for step in range(total):
+                token = self._greedy(logits)
+                generated.append(token)
+                if step + 1 == total:
+                    break
+                positions = torch.tensor([[[prefix_len + step, 0, 0]]])
+                ids = torch.tensor([[token + self.action_offset]])
+                logits = model.decode(ids, positions, cache)["logits"][:, -1]
+        else:
+            for _ in range(total):
+                ids = torch.tensor(generated, dtype=torch.long) + self.action_offset
+                sample = prefix + ([Segment(Modality.ACTION, ids=ids)] if generated else [])
+                full = self.builder.build([sample], prefix_len + len(generated), pack=False)
+                generated.append(self._greedy(self.model(full)["logits"][:, -1]))
+        bins = torch.tensor(generated).view(self.config.chunk, ACTION_DIM)
+        actions = self.builder.action_tokenizer.decode(bins).clamp(-1.0, 1.0)
+        return actions.numpy().astype(np.float32)
+
+    def _greedy(self, logits: torch.Tensor) -> int:
+        """Argmax over the action bins of (1, V) logits."""
+        return int(logits[0, self.action_offset : self.action_offset + self.num_bins].argmax())
+
+    # ------------------------------------------------------------------ files
+    def save(self, run_dir: str | os.PathLike, adaptation: str = "full") -> None:
+        """Write policy.json, the model with its tokenizers, and the LoRA adapter if any."""
+        from fmmm.policies.lora import base_state_dict, save_adapter
+
+        run_dir = Path(run_dir)
+        tokenizers = {"text": self.builder.text_tokenizer, "image": self.builder.image_tokenizer}
+        tokenizers["action"] = self.builder.action_tokenizer
+        if self.builder.state_normalizer is not None:
+            tokenizers["state"] = self.builder.state_normalizer
+        if is_lora(self.model):
+            save_adapter(self.model, run_dir / ADAPTER_DIR)
+            base = MultimodalModel(self.model.get_base_model().config)
+            base.load_state_dict(base_state_dict(self.model))
+            base.save_pretrained(run_dir / MODEL_DIR, tokenizers=tokenizers)
+        else:
+            self.model.save_pretrained(run_dir / MODEL_DIR, tokenizers=tokenizers)
+        spec = {"type": "vla", "adaptation": adaptation, **dataclasses.asdict(self.config)}
+        atomic_write_json(run_dir / POLICY_FILE, spec)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, merge: bool = True, **overrides: Any) -> VLA:
+        """Load a saved VLA; a LoRA adapter is attached and, with `merge`, folded into the weights."""
+        run_dir = Path(run_dir)
+        spec_path = run_dir / POLICY_FILE
+        if not spec_path.is_file():
+            raise ValueError(f"{run_dir} has no {POLICY_FILE}")
+        spec = json.loads(spec_path.read_text())
+        return cls.from_spec(run_dir, spec, merge=merge, **overrides)
+
+    @classmethod
+    def from_spec(
+        cls, run_dir: Path, spec: dict[str, Any], merge: bool = True, **overrides: Any
+    ) -> VLA:
+        """Build from a policy.json dict (with or without its "type" key)."""
+        from fmmm.policies.lora import load_adapter, merge_adapter
+
+        fields = {f.name for f in dataclasses.fields(VLAConfig)}
+        values = {k: v for k, v in spec.items() if k in fields}
+        unknown = set(spec) - fields - {"type", "adaptation"}
+        if unknown:
+            raise ValueError(f"{run_dir / POLICY_FILE}: unknown keys {', '.join(sorted(unknown))}")
+        config = VLAConfig(**{**values, **overrides})
+        model = MultimodalModel.from_pretrained(run_dir / MODEL_DIR)
+        if (run_dir / ADAPTER_DIR).is_dir():
+            model = load_adapter(model, run_dir / ADAPTER_DIR)
+            if merge:
+                model = merge_adapter(model)
+        model.eval()
+        builder = load_builder(run_dir / MODEL_DIR / TOKENIZERS_DIR, config.use_state)
+        return cls(model, builder, config)
+
+
+def is_lora(model: nn.Module) -> bool:
+    """Whether `model` is wrapped with LoRA adapters (peft)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def load_builder(directory: Path, use_state: bool) -> SequenceBuilder:
+    """The sequence builder from the tokenizers saved beside a model."""
+    state = StateNormalizer.load(directory / "state") if use_state else None
+    return SequenceBuilder(
+        TextTokenizer.load(directory / "text"),
+        image_tokenizer=ImageTokenizer.load(directory / "image"),
+        action_tokenizer=ActionTokenizer.load(directory / "action"),
+        state_normalizer=state,
+    )
+
+
+class VLAPolicy:
+    """The evaluation `Policy`: actions served from a queue of predicted chunks."""
+
+    def __init__(self, vla: VLA):
+        self.vla = vla
+        self.queue: deque[np.ndarray] = deque()
+
+    def reset(self) -> None:
+        self.queue.clear()
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        if not self.queue:
+            chunk = self.vla.predict_chunk(observation)
+            self.queue.extend(chunk[: self.vla.config.steps_per_chunk])
+        return self.queue.popleft()
+
+
+@policy_registry.register("vla")
+def load_vla(run_dir: Path | None, config: dict[str, Any]) -> PolicyFactory:
+    """Factory of VLA policies sharing one loaded model (each env gets its own action queue)."""
+    if run_dir is None:
+        raise ValueError(
+            "the vla policy needs a run directory (python -m fmmm.eval --policy RUN_DIR)"
+        )
+    vla = VLA.from_spec(Path(run_dir), config)
+
+    def factory(env: Any) -> VLAPolicy:
+        return VLAPolicy(vla)
+
+    return factory

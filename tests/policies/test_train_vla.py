@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+
+from fmmm.config import ConfigError, load_config
+from fmmm.datasets.robot import RobotDataset
+from fmmm.policies.train_vla import (
+    FrameSamples,
+    VLARunConfig,
+    adapt,
+    build_vla,
+    train_vla,
+)
+from fmmm.resources import data_dir
+
+TINY = [
+    "model.dim=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.ffn_hidden=64",
+    "model.action_bins=16",
+    "model.image_size=16",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.prefetch=false",
+    "train.logging.progress=false",
+    "train.optim.warmup_steps=1",
+]
+
+
+def tiny_config(tmp_path, demos, *extra) -> VLARunConfig:
+    overrides = [*TINY, f"data.dataset={demos}", f"out_dir={tmp_path / 'run'}", *extra]
+    return load_config(VLARunConfig, data_dir("configs") / "quickstart.yaml", overrides)
+
+
+def test_every_vla_config_loads():
+    paths = sorted((data_dir("configs") / "vla").glob("*.yaml"))
+    assert paths
+    for path in [*paths, data_dir("configs") / "quickstart.yaml"]:
+        cfg = load_config(VLARunConfig, path)
+        assert cfg.kind == "vla" and cfg.eval.episodes >= 1
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("adaptation.mode=half", "adaptation.mode"),
+        ("model.init=warm", "model.init"),
+        ("policy.chunk=0", "chunk"),
+        ("data.episodes=0", "data.episodes"),
+        ("kind=sft", "kind"),
+    ],
+)
+def test_bad_vla_config_values_raise_config_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(VLARunConfig, data_dir("configs") / "quickstart.yaml", [override])
+
+
+def test_table_batches_equal_batches_built_sample_by_sample(tmp_path, reach_demos):
+    cfg = tiny_config(tmp_path, reach_demos, "policy.cameras=[agentview,wrist]", "policy.chunk=3")
+    dataset = RobotDataset(reach_demos)
+    vla, _ = build_vla(cfg, dataset)
+    samples = FrameSamples(dataset, vla)
+    assert len(samples) == len(dataset)
+    rows = [len(samples) - 1, 0, 2]
+    got = samples.batch(rows)
+    expected = vla.training_batch(
+        [samples.prefixes[r] for r in rows], samples.action_ids[rows], samples.action_masks[rows]
+    )
+    for name in (
+        "input_ids",
+        "modality",
+        "positions",
+        "sample_ids",
+        "prefix",
+        "attention_mask",
+        "targets",
+    ):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+    assert got.features.keys() == expected.features.keys() == {"image", "state"}
+    for key in got.features:
+        assert torch.equal(got.features[key], expected.features[key]), key
+    # The last frame of an episode predicts one real action; the rest of its chunk is masked.
+    assert int((got.targets[0] != -100).sum()) == 7
+    assert int((got.targets[1] != -100).sum()) == 21
+
+
+def test_frozen_mode_trains_everything_but_the_backbone(tmp_path, reach_demos):
+    cfg = tiny_config(tmp_path, reach_demos, "adaptation.mode=frozen")
+    vla, _ = build_vla(cfg, RobotDataset(reach_demos))
+    adapt(vla, cfg.adaptation)
+    for name, param in vla.named_parameters():
+        assert param.requires_grad == (".backbone." not in f".{name}")
+
+
+def test_same_seed_gives_the_same_trained_policy(tmp_path, reach_demos):
+    first = train_vla(tiny_config(tmp_path / "a", reach_demos, "eval.episodes=0"))
+    second = train_vla(tiny_config(tmp_path / "b", reach_demos, "eval.episodes=0"))
+    assert first["final_loss"] == second["final_loss"]
+    a = (tmp_path / "a" / "run" / "model" / "model.safetensors").read_bytes()
+    b = (tmp_path / "b" / "run" / "model" / "model.safetensors").read_bytes()
+    assert a == b
+
+
+@pytest.mark.slow
+def test_vla_run_trains_saves_evaluates_and_summarizes_with_lora(tmp_path, reach_demos):
+    cfg = tiny_config(
+        tmp_path,
+        reach_demos,
+        "adaptation.mode=lora",
+        "adaptation.lora.rank=2",
+        "eval.episodes=2",
+        "eval.num_envs=1",
+    )
+    summary = train_vla(cfg)
+    run = tmp_path / "run"
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["eval"]["episodes"] == 2 and 0 <= saved["eval"]["success_rate"] <= 1
+    assert summary["trainable_fraction"] < 0.5
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((run / "policy.json").read_text())["type"] == "vla"
+    assert (run / "eval" / "results.json").is_file()

@@ -1,0 +1,173 @@
+import numpy as np
+import pytest
+import torch
+
+from fmmm.models.backbone import preset
+from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
+from fmmm.policies.lora import LoRAConfig, add_lora, count_parameters
+from fmmm.policies.vla import VLA, VLAConfig, VLAPolicy, load_vla
+from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
+from fmmm.tokenizers.image import ImageTokenizer
+from fmmm.tokenizers.sequence import SequenceBuilder
+from fmmm.tokenizers.text import default_text_tokenizer
+
+STATE_DIM = 14
+
+
+def make_vla(dim: int = 64, layers: int = 2, **policy) -> VLA:
+    torch.manual_seed(0)
+    text = default_text_tokenizer(512)
+    config = MultimodalConfig(
+        backbone=preset(
+            "debug", dim=dim, n_layers=layers, n_heads=4, n_kv_heads=4, ffn_hidden=2 * dim
+        ),
+        text_vocab_size=512,
+        action_bins=32,
+        image_size=16,
+        patch_size=8,
+        state_dim=STATE_DIM,
+    )
+    generator = torch.Generator().manual_seed(0)
+    actions = torch.rand(200, 7, generator=generator) * 2 - 1
+    states = torch.randn(200, STATE_DIM, generator=generator)
+    builder = SequenceBuilder(
+        text,
+        image_tokenizer=ImageTokenizer(16, 8),
+        action_tokenizer=ActionTokenizer(32).fit(actions),
+        state_normalizer=StateNormalizer().fit(states),
+        action_offset=config.action_offset,
+    )
+    vla = VLA(MultimodalModel(config), builder, VLAConfig(**policy))
+    return vla.eval()
+
+
+def observation(seed: int = 0, instruction: str = "reach the red cube") -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "agentview": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "state": rng.normal(size=STATE_DIM).astype(np.float32),
+        "instruction": instruction,
+    }
+
+
+def test_kv_cache_decoding_gives_the_same_actions_as_full_recompute():
+    vla = make_vla(chunk=3, cameras=["agentview", "wrist"])
+    for seed in range(3):
+        cached = vla.predict_chunk(observation(seed), use_cache=True)
+        full = vla.predict_chunk(observation(seed), use_cache=False)
+        assert cached.shape == (3, 7) and cached.dtype == np.float32
+        np.testing.assert_array_equal(cached, full)
+        assert np.all(np.abs(cached) <= 1)
+
+
+def test_policy_serves_actions_from_the_chunk_queue_and_reset_clears_it(monkeypatch):
+    vla = make_vla(chunk=4, execute=2)
+    calls = []
+    original = vla.predict_chunk
+
+    def counting(obs, use_cache=None):
+        calls.append(1)
+        return original(obs, use_cache)
+
+    monkeypatch.setattr(vla, "predict_chunk", counting)
+    policy = VLAPolicy(vla)
+    policy.reset()
+    first = [policy.act(observation()) for _ in range(5)]
+    assert len(calls) == 3  # 2 actions per prediction: steps 0, 2, 4
+    np.testing.assert_array_equal(first[0], original(observation())[0])
+    np.testing.assert_array_equal(first[1], original(observation())[1])
+    policy.reset()
+    policy.act(observation())
+    assert len(calls) == 4
+
+
+def test_any_typed_instruction_is_accepted_and_changes_the_prefix():
+    vla = make_vla()
+    typed = observation(instruction="please touch the blue cylinder, then stop!")
+    assert vla.predict_chunk(typed).shape == (4, 7)
+    lengths = {
+        sum(len(s) for s in vla.prefix_segments(observation(instruction=t)))
+        for t in ("a", typed["instruction"])
+    }
+    assert len(lengths) == 2
+
+
+def test_saved_policy_loads_through_the_eval_factory_with_identical_actions(tmp_path):
+    vla = make_vla(cameras=["agentview", "wrist"])
+    vla.save(tmp_path)
+    from fmmm.policies.factory import load_policy
+
+    policy = load_policy(str(tmp_path))(None)
+    policy.reset()
+    np.testing.assert_array_equal(policy.act(observation()), vla.predict_chunk(observation())[0])
+
+
+def test_lora_policy_trains_under_five_percent_saves_adapter_and_merge_matches(tmp_path):
+    vla = make_vla(dim=128, layers=4)
+    vla.model = add_lora(vla.model, LoRAConfig(rank=4, alpha=8))
+    trainable, total = count_parameters(vla)
+    assert trainable / total < 0.05
+    with torch.no_grad():
+        for name, param in vla.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    expected = vla.predict_chunk(observation())
+    vla.save(tmp_path, adaptation="lora")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    unmerged = VLA.load(tmp_path, merge=False)
+    merged = VLA.load(tmp_path, merge=True)
+    assert not any("lora" in name for name, _ in merged.model.named_parameters())
+    np.testing.assert_array_equal(unmerged.predict_chunk(observation()), expected)
+    np.testing.assert_array_equal(merged.predict_chunk(observation()), expected)
+    base = VLA.load(tmp_path, merge=False)
+    with base.model.disable_adapter():
+        assert not np.array_equal(base.predict_chunk(observation()), expected)
+
+
+def test_training_loss_is_cross_entropy_over_action_bins_only():
+    vla = make_vla(chunk=2)
+    prefixes = [vla.prefix_segments(observation(i)) for i in range(3)]
+    ids = torch.randint(0, 32, (3, 14))
+    mask = torch.ones(3, 14, dtype=torch.bool)
+    mask[2, 7:] = False
+    batch = vla.training_batch(prefixes, ids, mask)
+    assert int((batch.targets != -100).sum()) == 14 + 14 + 7
+    loss, info = vla(batch)
+    logits = vla.model(batch)["logits"]
+    valid = batch.targets != -100
+    expected = torch.nn.functional.cross_entropy(
+        logits[valid][:, vla.action_offset :], batch.targets[valid] - vla.action_offset
+    )
+    torch.testing.assert_close(loss, expected)
+    assert 0 <= info["action_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(agentview=np.zeros((32, 32, 3), dtype=np.float32)), "uint8"),
+        (dict(instruction=""), "instruction"),
+        (dict(agentview=None), "agentview"),
+    ],
+)
+def test_bad_observations_raise_one_line_errors(change, message):
+    obs = {**observation(), **change}
+    if change.get("agentview", 0) is None:
+        del obs["agentview"]
+    with pytest.raises(ValueError, match=message):
+        make_vla().predict_chunk(obs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(chunk=0), "chunk"), (dict(execute=5), "execute"), (dict(cameras=["top"]), "camera")],
+)
+def test_vla_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VLAConfig(**kwargs)
+
+
+def test_vla_factory_needs_a_run_directory():
+    with pytest.raises(ValueError, match="run directory"):
+        load_vla(None, {})
