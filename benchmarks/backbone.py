@@ -92,14 +92,19 @@ def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def train_steps(model, optimizer, batches, autocast: bool) -> float:
     """Seconds for one optimizer step per batch."""
+    device = batches[0].device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for ids in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = logits_of(model, ids[:, :-1])
         loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -125,6 +130,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--output", default=None, help="write the markdown report here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -149,7 +155,8 @@ def main() -> None:
         torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=generator)
         for _ in range(args.steps)
     ]
-    models = {"fmmm": fmmm.train(), "hf_llama": llama.train()}
+    batches = [ids.to(args.device) for ids in batches]
+    models = {"fmmm": fmmm.to(args.device).train(), "hf_llama": llama.to(args.device).train()}
     results = {
         "fp32": measure(models, batches, args.rounds, autocast=False),
         "bf16 autocast": measure(models, batches, args.rounds, autocast=True),
@@ -158,13 +165,16 @@ def main() -> None:
     import transformers
 
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    if args.device == "cpu":
+        machine = f"2-core CPU, no GPU ({platform.machine()}), {args.threads} torch threads"
+    else:
+        machine = torch.cuda.get_device_name()
     lines = [
         "# Backbone training throughput: fmmm vs Hugging Face Llama",
         "",
         f"Command: `python benchmarks/backbone.py --steps {args.steps} --rounds {args.rounds} "
-        f"--threads {args.threads}`",
-        f"Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}), "
-        f"{args.threads} torch threads; torch {torch.__version__}, transformers {transformers.__version__}",
+        f"--threads {args.threads} --device {args.device}`",
+        f"Machine: {machine}; torch {torch.__version__}, transformers {transformers.__version__}",
         f"Date: {date}",
         "",
         f"Shape: width 256, 4 layers, 8 heads, SwiGLU {config.hidden_dim}, vocab {args.vocab_size}, "
