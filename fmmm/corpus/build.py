@@ -94,17 +94,13 @@ def _samples(cfg: CorpusConfig, source: str, split: str, renderer, progress):
         progress.update(1)
 
 
-def build_corpus(cfg: CorpusConfig, cache_dir: str | Path | None = None) -> Path:
-    """Generate the corpus unless a complete copy for these settings exists; return its folder."""
+def _generate(cfg: CorpusConfig, root: Path) -> None:
     from tqdm.auto import tqdm
 
     from fmmm.corpus.scenes import SceneRenderer
     from fmmm.data.shards import ShardWriter
     from fmmm.utils.io import atomic_dir, atomic_write_json
 
-    root = Path(cache_dir or default_cache_dir()) / cfg.key()
-    if (root / "corpus.json").is_file():
-        return root
     total = sum(_count(cfg, s, split) for s in SOURCES for split in SPLITS)
     renderer = SceneRenderer(cfg.image_size) if cfg.image_pairs or cfg.video_pairs else None
     try:
@@ -115,8 +111,7 @@ def build_corpus(cfg: CorpusConfig, cache_dir: str | Path | None = None) -> Path
                     if not _count(cfg, source, split):
                         continue
                     fmt = "jsonl" if source == "text" else "tar"
-                    writer = ShardWriter(tmp / source / split, fmt, cfg.samples_per_shard)
-                    with writer:
+                    with ShardWriter(tmp / source / split, fmt, cfg.samples_per_shard) as writer:
                         for sample in _samples(cfg, source, split, renderer, progress):
                             writer.write(sample)
                     counts[f"{source}/{split}"] = _count(cfg, source, split)
@@ -124,4 +119,22 @@ def build_corpus(cfg: CorpusConfig, cache_dir: str | Path | None = None) -> Path
     finally:
         if renderer is not None:
             renderer.close()
+
+
+def build_corpus(cfg: CorpusConfig, cache_dir: str | Path | None = None) -> Path:
+    """Generate the corpus unless a complete copy for these settings exists; return its folder.
+
+    Generation runs in a fresh process: the OpenGL context of the renderer stays out of the
+    caller (loading some CUDA/Triton libraries after an EGL context exists crashes the process).
+    """
+    import multiprocessing
+
+    root = Path(cache_dir or default_cache_dir()) / cfg.key()
+    if (root / "corpus.json").is_file():
+        return root
+    process = multiprocessing.get_context("spawn").Process(target=_generate, args=(cfg, root))
+    process.start()
+    process.join()
+    if process.exitcode != 0 or not (root / "corpus.json").is_file():
+        raise RuntimeError(f"corpus generation failed (exit code {process.exitcode})")
     return root

@@ -144,3 +144,12 @@ def render_video_pair(
     if len(objects) > 1:
         caption += f" while {objects[1].phrase()} stays still"
     return np.stack(clip), caption + "."
+
+
+def render_poses(poses: dict[str, tuple[float, float, float]], image_size: int = 64) -> np.ndarray:
+    """Render one image of objects named `<colour>_<shape>` at `poses` with a throwaway renderer."""
+    renderer = SceneRenderer(image_size)
+    try:
+        return renderer.render(poses)
+    finally:
+        renderer.close()

@@ -120,22 +120,27 @@ class PretrainBatch:
 
 
 class SampleDecoder:
-    """Turns shard samples into segment lists with the sequence builder."""
+    """Turns shard samples into segment lists with the sequence builder.
 
-    def __init__(self, builder: Any, context_length: int):
+    A sample's media segments are computed once and kept (up to `cache_size` samples): epochs
+    over a corpus then cost no decoding or spectrograms, and results are identical either way.
+    """
+
+    def __init__(self, builder: Any, context_length: int, cache_size: int = 50_000):
         self.builder = builder
         self.context_length = context_length
+        self.cache_size = cache_size
+        self._cache: dict[tuple[str, str], list] = {}
 
     def media(self, sample: dict, kind: str) -> dict[str, Any]:
+        """Decoded payload as the sequence builder takes it."""
         from fmmm.corpus.audio import read_wav
         from fmmm.data.shards import decode_audio, decode_image, decode_video
 
         if kind == "image_text":
             return {"image": torch.from_numpy(decode_image(sample).copy()).permute(2, 0, 1)}
         if kind == "video_text":
-            return {
-                "video": torch.from_numpy(decode_video(sample)).permute(0, 3, 1, 2).contiguous()
-            }
+            return {"video": torch.from_numpy(decode_video(sample).copy()).permute(0, 3, 1, 2)}
         if sample["ext"].get("audio") == "wav":
             wave, rate = read_wav(sample["audio"])
         else:
@@ -143,35 +148,55 @@ class SampleDecoder:
             wave = wave.mean(axis=0)
         return {"audio": torch.from_numpy(wave), "sample_rate": rate}
 
-    def lm_sample(self, sample: dict, kind: str, media: dict | None) -> list:
-        if kind == "text":
-            return self.builder.text_sample(sample["text"])
-        return self.builder.caption_sample(sample["text"], **media)
+    def media_segments(self, sample: dict, kind: str) -> list:
+        """Marker + patches of the sample's image, video or audio (cached)."""
+        key = (sample["source"], sample["key"])
+        if key not in self._cache:
+            media = self.media(sample, kind)
+            if kind == "image_text":
+                segments = self.builder.image(media["image"])
+            elif kind == "video_text":
+                segments = self.builder.video(media["video"])
+            else:
+                segments = self.builder.audio(media["audio"], media["sample_rate"])
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = segments
+        return self._cache[key]
 
-    def media_alone(self, kind: str, media: dict) -> list:
+    def _bos(self) -> list:
         from fmmm.tokenizers.sequence import Modality, Segment
 
-        bos = [Segment(Modality.TEXT, ids=[self.builder.text_tokenizer.bos_id], prefix=True)]
-        if kind == "image_text":
-            return bos + self.builder.image(media["image"])
-        if kind == "video_text":
-            return bos + self.builder.video(media["video"])
-        return bos + self.builder.audio(media["audio"], media["sample_rate"])
+        return [Segment(Modality.TEXT, ids=[self.builder.text_tokenizer.bos_id], prefix=True)]
+
+    def media_alone(self, sample: dict, kind: str) -> list:
+        """BOS + media as a bidirectional prefix: the input of the pooled media embedding."""
+        return self._bos() + self.media_segments(sample, kind)
 
     def caption_alone(self, caption: str) -> list:
+        """BOS caption EOS without loss: the input of the pooled text embedding."""
         return self.builder.text(caption, bos=True, eos=True, loss=False)
+
+    def lm_sample(self, sample: dict, kind: str) -> list:
+        """Text, or the caption after its media prefix (`SequenceBuilder.caption_sample`)."""
+        if kind == "text":
+            return self.builder.text_sample(sample["text"])
+        return self.media_alone(sample, kind) + self.builder.text(sample["text"], eos=True)
+
+    def _fit(self, rows: list[list]) -> int:
+        """Row length for one-sample-per-row batches: the longest row, capped by the context."""
+        return min(self.context_length, max(sum(len(s) for s in row) for row in rows))
 
     def __call__(
         self, samples: list[dict], kinds: list[str], modalities: list[str]
     ) -> PretrainBatch:
         lm_samples, pair_samples = [], {m: ([], []) for m in modalities}
         for sample, kind in zip(samples, kinds):
-            if kind != "text" and not sample.get("text"):
-                raise ValueError(f"{sample['source']}:{sample['position']}: sample has no caption")
-            media = self.media(sample, kind) if kind != "text" else None
-            lm_samples.append(self.lm_sample(sample, kind, media))
+            if not sample.get("text"):
+                raise ValueError(f"{sample['source']}:{sample['position']}: sample has no text")
+            lm_samples.append(self.lm_sample(sample, kind))
             if kind in MEDIA and MEDIA[kind] in pair_samples:
-                pair_samples[MEDIA[kind]][0].append(self.media_alone(kind, media))
+                pair_samples[MEDIA[kind]][0].append(self.media_alone(sample, kind))
                 pair_samples[MEDIA[kind]][1].append(self.caption_alone(sample["text"]))
         build = self.builder.build
         lm = build(lm_samples, self.context_length, pack=True, truncate=True)
@@ -179,8 +204,8 @@ class SampleDecoder:
         pairs = {}
         for modality, (media_rows, text_rows) in pair_samples.items():
             if media_rows:
-                media = build(media_rows, self.context_length, pack=False, truncate=True)
-                text = build(text_rows, self.context_length, pack=False, truncate=True)
+                media = build(media_rows, self._fit(media_rows), pack=False, truncate=True)
+                text = build(text_rows, self._fit(text_rows), pack=False, truncate=True)
                 pairs[modality] = (media, text)
                 tokens += int((media.sample_ids > 0).sum() + (text.sample_ids > 0).sum())
         return PretrainBatch(lm, pairs, tokens)
@@ -320,7 +345,7 @@ class HeldoutEvaluator:
             self.loss_batches[kind] = decoder(samples, [kind] * len(samples), modalities)
             if kind in MEDIA:
                 every = [dataset[i] for i in range(len(dataset))]
-                media = [decoder.media_alone(kind, decoder.media(s, kind)) for s in every]
+                media = [decoder.media_alone(s, kind) for s in every]
                 texts = [decoder.caption_alone(s["text"]) for s in every]
                 self.retrieval[MEDIA[kind]] = (media, texts)
 
@@ -328,8 +353,9 @@ class HeldoutEvaluator:
         device = next(model.parameters()).device
         parts = []
         for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
             batch = self.decoder.builder.build(
-                rows[start : start + chunk], self.decoder.context_length, pack=False, truncate=True
+                part, self.decoder._fit(part), pack=False, truncate=True
             )
             parts.append(model.embed_pooled(batch.to(device), modality).float())
         return torch.cat(parts)

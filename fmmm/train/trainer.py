@@ -144,6 +144,7 @@ def make_accelerator(cfg: TrainerConfig, run_dir: str | Path) -> Any:
     from accelerate.utils import DistributedDataParallelKwargs
 
     return Accelerator(
+        cpu=not torch.cuda.is_available(),  # multi-process on CPU: gloo (accelerate's MULTI_CPU)
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
         dynamo_backend="inductor" if cfg.compile else "no",
         log_with="tensorboard" if cfg.logging.tensorboard else None,
