@@ -51,3 +51,14 @@ def test_import_fmmm_does_not_import_heavy_modules():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    path = tmp_path / "results.json"
+    atomic_write_json(path, [])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    with atomic_dir(tmp_path / "d"):
+        pass
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
