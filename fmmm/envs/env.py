@@ -42,11 +42,13 @@ def rotvec_of(mat: np.ndarray) -> np.ndarray:
 
 def quat_of(rotvec: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Write the unit quaternion of an axis-angle vector into `out` (w, x, y, z)."""
-    angle = math.sqrt(rotvec @ rotvec)
+    x, y, z = rotvec.tolist()  # Python floats: cheaper than numpy calls on 3 numbers
+    angle = math.sqrt(x * x + y * y + z * z)
     if angle < 1e-12:
         out[:] = (1.0, 0.0, 0.0, 0.0)
     else:
-        mujoco.mju_axisAngle2Quat(out, rotvec / angle, angle)
+        scale = math.sin(0.5 * angle) / angle
+        out[:] = (math.cos(0.5 * angle), x * scale, y * scale, z * scale)
     return out
 
 
@@ -127,7 +129,7 @@ class TabletopEnv(gym.Env):
         self._jjt = np.zeros((6, 6))
         self._error = np.zeros(6)
         self._solution = np.zeros(6)
-        self._damping = 2.5e-3
+        self._damping = 2.5e-3 * np.eye(6)
         self._target_pos = np.zeros(3)
         self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
         # Scratch quaternions and vectors for the per-step orientation arithmetic.
@@ -169,9 +171,9 @@ class TabletopEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (7,):
             raise ValueError(f"action must have shape (7,), got {action.shape}")
-        if not np.all(np.isfinite(action)):
+        if not math.isfinite(action.sum()):
             raise ValueError("action contains NaN or inf")
-        action = np.clip(action, -1.0, 1.0)
+        action = np.minimum(np.maximum(action, -1.0), 1.0)
         self._apply_action(action)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         # Positions (and the Jacobian's COM terms) at the new state, for the observation and next IK.
@@ -223,7 +225,7 @@ class TabletopEnv(gym.Env):
         mujoco.mj_jacSite(self.model, data, self._jac[:3], self._jac[3:], self.ee_site)
         jac = self._jac[:, self.arm_dof]
         np.matmul(jac, jac.T, out=self._jjt)
-        self._jjt.flat[::7] += self._damping
+        np.add(self._jjt, self._damping, out=self._jjt)
         self._error[:3], self._error[3:] = lead, rot_error
         mujoco.mju_cholFactor(self._jjt, 0.0)
         mujoco.mju_cholSolve(self._solution, self._jjt, self._error)

@@ -179,10 +179,9 @@ class PickPlace(Task):
         pos = self.object_pos(data)
         gap = np.linalg.norm(pos[:2] - self.target_pos(data)[:2])
         resting = pos[2] < self.rest_height() + self.spec.success.height_tolerance
-        return bool(
-            gap < self.spec.success.distance
-            and resting
-            and not self.touching_fingers(data, self.object_name)
+        # The contact scan last: it is the costly check, and rarely needed.
+        return bool(gap < self.spec.success.distance and resting) and not self.touching_fingers(
+            data, self.object_name
         )
 
 
@@ -209,7 +208,7 @@ class Stack(Task):
         expected = base[2] + self.rest_height(self.target_name) + top_spec.rest_height
         aligned = np.linalg.norm(top[:2] - base[:2]) < self.spec.success.distance
         seated = abs(top[2] - expected) < self.spec.success.height_tolerance
-        return bool(aligned and seated and not self.touching_fingers(data, self.object_name))
+        return bool(aligned and seated) and not self.touching_fingers(data, self.object_name)
 
 
 @KIND_REGISTRY.register("open_drawer")
