@@ -154,9 +154,9 @@ def extract_features(unit: Unit, work: Path, config: DedupConfig) -> dict[str, A
             "image_ordinals": np.array(image_ordinals, dtype=np.int64),
             "image_hashes": np.array(image_hashes, dtype=np.uint64).reshape(-1, 1),
             "image_embeddings": (
-                np.concatenate(embeddings).astype(np.float16)
+                np.concatenate(embeddings).astype(np.float32)
                 if embeddings
-                else np.zeros((0, 0), np.float16)
+                else np.zeros((0, 0), np.float32)
             ),
             "video_ordinals": np.array(video_ordinals, dtype=np.int64),
             "video_hashes": np.array(video_hashes, dtype=np.uint64).reshape(

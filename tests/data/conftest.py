@@ -230,3 +230,24 @@ def random_episode(seed: int, length: int = 20, instruction: str = "pick up the 
     states = np.cumsum(rng.normal(0, 0.05, (length, 14)), axis=0)
     actions = rng.uniform(-1, 1, (length, 7))
     return instruction, states, actions
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny open_clip model config (.json) and random weights (.safetensors)."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("clip")
+    config_path = folder / "tiny-clip.json"
+    vision = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16}
+    text = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    config_path.write_text(json.dumps({"embed_dim": 16, "vision_cfg": vision, "text_cfg": text}))
+    open_clip.add_model_config(str(config_path))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip")
+    save_file(model.state_dict(), str(folder / "tiny.safetensors"))
+    return config_path, folder / "tiny.safetensors"

@@ -139,3 +139,50 @@ def test_video_frames_dedup_by_per_frame_hashes(tmp_path):
     write_shard(tmp_path / "v.tar", samples)
     dedup([str(tmp_path / "v.tar")], str(tmp_path / "out"), _config())
     assert _removed(tmp_path / "out", "near_duplicate_video") == {"bright"}
+
+
+def test_robot_episodes_dedup_on_downsampled_trajectories_and_instruction(tmp_path):
+    from fmmm.datasets.robot import RobotDataset
+
+    from .conftest import random_episode, write_robot_dataset
+
+    episodes = [random_episode(s) for s in range(4)]
+    instruction, states, actions = episodes[1]
+    jittered = (instruction, states + 1e-5, actions - 1e-5)  # below the rounding: same episode
+    other_task = ("open the drawer", states, actions)  # same motion, other instruction: kept
+    write_robot_dataset(tmp_path / "in" / "a", episodes)
+    write_robot_dataset(tmp_path / "in" / "b", [jittered, other_task, random_episode(9)])
+    report = dedup([str(tmp_path / "in")], str(tmp_path / "out"), _config())
+    lines = (tmp_path / "out" / "removed.jsonl").read_text().splitlines()
+    (item,) = map(json.loads, lines)
+    assert item["key"] == "episode_000000" and item["source"].endswith("/b")
+    assert item["reason"] == "exact_duplicate" and item["duplicate_of"].endswith("/a:1")
+    assert RobotDataset(tmp_path / "out" / "shards" / "a").num_episodes == 4
+    kept = RobotDataset(tmp_path / "out" / "shards" / "b")
+    assert kept.num_episodes == 2 and kept.instruction(0) == "open the drawer"
+    assert report["items_out"] == 6
+
+
+@pytest.mark.slow
+def test_image_embeddings_from_a_given_clip_model_find_near_duplicates(tiny_clip, tmp_path):
+    from fmmm.data.filters import ClipScorer
+    from fmmm.data.shards import encode_image, make_sample, write_shard
+    from fmmm.data.similarity import keep_first
+
+    from .conftest import smooth_image
+
+    config_path, weights = tiny_clip
+    images = [smooth_image(i) for i in range(8)]
+    samples = [
+        make_sample(f"i{i}", "x", image=encode_image(image)) for i, image in enumerate(images)
+    ]
+    write_shard(tmp_path / "i.tar", samples)
+    # the expected decisions, straight from the model: keep-first over pairs above the threshold
+    vectors = ClipScorer(str(config_path), str(weights)).embed_images(images)
+    similarity = vectors @ vectors.T
+    later, earlier = np.nonzero(np.tril(similarity, -1) >= 0.98)
+    removed, _, _ = keep_first(later, earlier, similarity[later, earlier])
+    assert 0 < len(removed) < 7
+    settings = {"hamming": 0, "clip_model": config_path, "clip_pretrained": weights}
+    dedup([str(tmp_path / "i.tar")], str(tmp_path / "o"), _config(cosine=0.98, **settings))
+    assert _removed(tmp_path / "o", "near_duplicate_image") == {f"i{i}" for i in removed}

@@ -120,37 +120,8 @@ def test_image_text_filters_count_small_images_bad_aspect_and_captions(tmp_path)
 
 
 @pytest.mark.slow
-def test_clip_score_filter_uses_a_given_open_clip_model(tmp_path):
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    config_path = tmp_path / "tiny-clip.json"
-    config_path.write_text(
-        json.dumps(
-            {
-                "embed_dim": 16,
-                "vision_cfg": {
-                    "image_size": 32,
-                    "layers": 1,
-                    "width": 32,
-                    "patch_size": 16,
-                    "head_width": 16,
-                },
-                "text_cfg": {
-                    "context_length": 16,
-                    "vocab_size": 49408,
-                    "width": 32,
-                    "heads": 2,
-                    "layers": 1,
-                },
-            }
-        )
-    )
-    open_clip.add_model_config(str(config_path))
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-clip")
-    save_file(model.state_dict(), str(tmp_path / "tiny.safetensors"))
+def test_clip_score_filter_uses_a_given_open_clip_model(tiny_clip, tmp_path):
+    config_path, weights = tiny_clip
     samples = [
         make_sample(f"s{i}", f"caption number {i}", image=encode_image(smooth_image(i)))
         for i in range(8)
@@ -158,7 +129,7 @@ def test_clip_score_filter_uses_a_given_open_clip_model(tmp_path):
     write_shard(tmp_path / "in" / "pairs.tar", samples)
     from fmmm.data.filters import ClipScorer
 
-    scorer = ClipScorer(str(config_path), str(tmp_path / "tiny.safetensors"))
+    scorer = ClipScorer(str(config_path), str(weights))
     scores = scorer.scores(
         [smooth_image(i) for i in range(8)], [f"caption number {i}" for i in range(8)]
     )
@@ -166,11 +137,7 @@ def test_clip_score_filter_uses_a_given_open_clip_model(tmp_path):
     report = filter_corpus(
         [str(tmp_path / "in")],
         str(tmp_path / "o"),
-        _config(
-            clip_model=config_path,
-            clip_pretrained=tmp_path / "tiny.safetensors",
-            min_clip_score=threshold,
-        ),
+        _config(clip_model=config_path, clip_pretrained=weights, min_clip_score=threshold),
     )
     expected = {f"s{i}" for i in range(8) if scores[i] < threshold}
     assert set(_removed(tmp_path / "o")) == expected and len(expected) == 4
