@@ -142,3 +142,26 @@ def test_clip_score_filter_uses_a_given_open_clip_model(tiny_clip, tmp_path):
     expected = {f"s{i}" for i in range(8) if scores[i] < threshold}
     assert set(_removed(tmp_path / "o")) == expected and len(expected) == 4
     assert report["removed_by_reason"] == {"clip_score": 4}
+
+
+def test_filter_resumes_after_a_crash_without_redoing_finished_shards(tmp_path, monkeypatch):
+    import fmmm.data.filters as filters
+
+    rng = np.random.default_rng(1)
+    vocab = vocabulary()
+    for s in range(3):
+        docs = [make_sample(f"d{s}_{i}", document(rng, vocab, 6)) for i in range(5)]
+        write_shard(tmp_path / "in" / f"web-{s:06d}.jsonl", docs)
+    real = filters.filter_unit
+
+    def crash_on_second_shard(unit, work, config):
+        if unit.index == 1:
+            raise RuntimeError("simulated crash")
+        return real(unit, work, config)
+
+    monkeypatch.setattr(filters, "filter_unit", crash_on_second_shard)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        filter_corpus([str(tmp_path / "in")], str(tmp_path / "o"), _config())
+    monkeypatch.setattr(filters, "filter_unit", real)
+    report = filter_corpus([str(tmp_path / "in")], str(tmp_path / "o"), _config())
+    assert report["units_reused"] == 1 and report["items_in"] == 15
