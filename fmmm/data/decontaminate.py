@@ -211,7 +211,8 @@ def decontaminate_unit(unit: Unit, work: Path, config: DecontaminateConfig) -> d
 
         for _ in clean():
             pass
-        write_episode_subset(unit.path, unit.output, kept_positions)
+        if kept_positions:  # a dataset with no episode left is not written
+            write_episode_subset(unit.path, unit.output, kept_positions)
     else:
         write_shard(unit.output, clean())
     return counts | {"flagged": flagged, "errors": [e.to_dict() for e in errors]}

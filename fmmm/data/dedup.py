@@ -339,7 +339,8 @@ def write_unit(unit: Unit, work: Path) -> dict[str, Any]:
     if unit.kind == "episodes":
         for _ in kept_samples():
             pass
-        write_episode_subset(unit.path, unit.output, kept)
+        if kept:  # a dataset with no episode left is not written
+            write_episode_subset(unit.path, unit.output, kept)
     else:
         write_shard(unit.output, kept_samples())
     return {"items_in": items, "items_out": len(kept), "removed": removed}
