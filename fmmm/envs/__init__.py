@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmmm.envs.spec import load_task, task_names
+
+if TYPE_CHECKING:
+    from fmmm.envs.env import TabletopEnv
 
 
 def _default_gl_backend() -> str:
@@ -34,7 +37,7 @@ def gym_id(task: str) -> str:
     return "fmmm/" + "".join(part.capitalize() for part in task.split("_")) + "-v0"
 
 
-def make_env(task: str, **kwargs: Any):
+def make_env(task: str, **kwargs: Any) -> TabletopEnv:
     """Build the env of task spec `task` (`render`, `image_size`, ... as `TabletopEnv` takes)."""
     from fmmm.envs.env import TabletopEnv
 
