@@ -24,6 +24,7 @@ import os
 import re
 import tarfile
 import tempfile
+import wave
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -278,18 +279,59 @@ def decode_video(sample: Sample) -> np.ndarray:
 
 
 def decode_audio(sample: Sample) -> tuple[np.ndarray, int]:
-    """Decode the sample's audio to float32 (C, N) and its sample rate; bad data raises."""
+    """Decode the sample's audio to float32 (C, N) in [-1, 1] and its sample rate.
+
+    PCM WAV is read with the standard library (channels kept); other formats (flac, mp3, ogg)
+    through the ffmpeg binary that imageio-ffmpeg ships, downmixed to mono. Bad data raises.
+    """
     if sample.get("audio") is None:
         raise ValueError(f"sample {sample.get('key')!r} has no audio")
     try:
-        import torchaudio
-
-        waveform, rate = torchaudio.load(io.BytesIO(sample["audio"]), format=sample["ext"]["audio"])
-        return waveform.numpy().astype(np.float32), int(rate)
+        if sample["ext"]["audio"] == "wav":
+            try:
+                return _read_wav(sample["audio"])
+            except wave.Error:
+                pass  # not integer PCM (e.g. float WAV): ffmpeg reads it
+        return _ffmpeg_audio(sample["audio"])
     except Exception as exc:
         raise ShardError(
             sample["source"], sample["position"], f"undecodable audio {sample['key']!r}: {exc}"
         ) from None
+
+
+def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as reader:
+        channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
+        raw = reader.readframes(reader.getnframes())
+    if width == 1:
+        values = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        bytes3 = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = bytes3[:, 0] | (bytes3[:, 1] << 8) | (bytes3[:, 2] << 16)
+        values = (np.where(ints >= 1 << 23, ints - (1 << 24), ints) / float(1 << 23)).astype(
+            np.float32
+        )
+    elif width in (2, 4):
+        dtype = "<i2" if width == 2 else "<i4"
+        values = np.frombuffer(raw, dtype).astype(np.float32) / float(1 << (8 * width - 1))
+    else:
+        raise ValueError(f"unsupported WAV sample width {width}")
+    return np.ascontiguousarray(values.reshape(-1, channels).T), rate
+
+
+def _ffmpeg_audio(data: bytes) -> tuple[np.ndarray, int]:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", "pipe:0"]
+    command += ["-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "pipe:1"]
+    result = subprocess.run(command, input=data, capture_output=True, check=False)
+    rate = re.search(rb"Audio: .*?(\d+) Hz", result.stderr)
+    if result.returncode != 0 or rate is None:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise ValueError(lines[-1] if lines else "ffmpeg could not decode it")
+    return np.frombuffer(result.stdout, np.float32)[None, :].copy(), int(rate.group(1))
 
 
 def encode_image(image: np.ndarray, ext: str = "png") -> bytes:

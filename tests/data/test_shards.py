@@ -135,3 +135,59 @@ def test_jsonl_record_extra_fields_survive_rewrite(tmp_path):
         "text": "hello",
         "url": "u",
     }
+
+
+def _wav(signal: np.ndarray, rate: int = 16000) -> bytes:
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(signal.shape[0])
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes((signal.T * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def test_audio_decodes_wav_channels_and_flac_through_ffmpeg(tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fmmm.data.shards import decode_audio
+
+    signal = np.stack([np.sin(np.arange(800) / 7), 0.5 * np.cos(np.arange(800) / 3)])
+    wav = _wav(signal)
+    flac = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-i",
+            "pipe:0",
+            "-f",
+            "flac",
+            "pipe:1",
+        ],
+        input=_wav(signal[:1]),
+        capture_output=True,
+        check=True,
+    ).stdout
+    write_shard(
+        tmp_path / "a.tar",
+        [
+            make_sample("w", "two channels", audio=wav),
+            make_sample("f", "flac", audio=flac, ext={"audio": "flac"}),
+            make_sample("bad", "junk", audio=b"junk", ext={"audio": "flac"}),
+        ],
+    )
+    wav_sample, flac_sample, bad = iter_samples(tmp_path / "a.tar")
+    waveform, rate = decode_audio(wav_sample)
+    assert rate == 16000 and waveform.shape == (2, 800)
+    assert np.abs(waveform - signal).max() < 1e-3
+    waveform, rate = decode_audio(flac_sample)
+    assert rate == 16000 and waveform.shape == (1, 800)
+    assert np.abs(waveform[0] - signal[0]).max() < 1e-3
+    with pytest.raises(ShardError, match="undecodable audio 'bad'"):
+        decode_audio(bad)
