@@ -40,8 +40,14 @@ from fmmm.data.similarity import (
 )
 
 MODALITIES = ("text", "image", "audio", "video", "episode")
-REASONS = ("kept", "bad_data", "exact_duplicate", "near_duplicate_text", "near_duplicate_image")
-REASONS += ("near_duplicate_video",)
+REASONS = (
+    "kept",
+    "bad_data",
+    "exact_duplicate",
+    "near_duplicate_text",
+    "near_duplicate_image",
+    "near_duplicate_video",
+)
 _TEXT_BATCH = 512
 
 
@@ -388,7 +394,13 @@ def dedup(inputs: list[str], output: str, config: DedupConfig) -> dict[str, Any]
         probability = float(detection_probability(config.threshold, bands, rows))
         notes.append(
             f"MinHash LSH: {config.num_perm} permutations, {bands} bands x {rows} rows; "
-            f"a pair at Jaccard {config.threshold} is a candidate with probability {probability:.3f}"
+            f"a pair at Jaccard {config.threshold} is a candidate with probability {probability:.3f} "
+            "(S-curve 1-(1-s^r)^b: "
+            + ", ".join(
+                f"{s:.2f}->{float(detection_probability(s, bands, rows)):.3f}"
+                for s in (0.5, 0.7, 0.9, 0.95)
+            )
+            + ")"
         )
         print(notes[-1], file=sys.stderr)
         if probability < 0.5:
