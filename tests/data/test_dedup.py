@@ -186,3 +186,17 @@ def test_image_embeddings_from_a_given_clip_model_find_near_duplicates(tiny_clip
     settings = {"hamming": 0, "clip_model": config_path, "clip_pretrained": weights}
     dedup([str(tmp_path / "i.tar")], str(tmp_path / "o"), _config(cosine=0.98, **settings))
     assert _removed(tmp_path / "o", "near_duplicate_image") == {f"i{i}" for i in removed}
+
+
+def test_cli_reads_a_yaml_config_then_overrides(text_corpus, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "dedup.yaml").write_text("threshold: 0.9\nnum_perm: 64\nverify: none\n")
+    command = [sys.executable, "-m", "fmmm.data", "dedup", "-i", str(text_corpus.folder)]
+    command += ["-o", str(tmp_path / "o"), str(tmp_path / "dedup.yaml"), "verify=jaccard"]
+    result = subprocess.run(command + ["progress=false"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "o" / "report.json").read_text())["config"]
+    assert (config["threshold"], config["num_perm"], config["verify"]) == (0.9, 64, "jaccard")
+    assert "near_duplicate_text" in result.stdout and "64 permutations" in result.stderr
