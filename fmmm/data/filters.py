@@ -282,9 +282,17 @@ def filter_unit(unit: Unit, work: Path, config: FilterConfig) -> dict[str, Any]:
         if pending:
             yield from score_pending()
 
-    if unit.kind == "episodes":
-        raise ValueError(f"{unit.path}: filter works on shards, not robot datasets")
-    write_shard(unit.output, kept())
+    if unit.kind == "episodes":  # no rule applies to robot episodes: the dataset is copied
+        import shutil
+
+        from fmmm.utils.io import atomic_dir
+
+        count = sum(1 for _ in iter_items(unit.path, errors.append))
+        with atomic_dir(unit.output) as folder:
+            shutil.copytree(unit.path, folder, dirs_exist_ok=True)
+        counts.update(items_in=count, items_out=count)
+    else:
+        write_shard(unit.output, kept())
     return counts | {"removed": removed, "errors": [e.to_dict() for e in errors]}
 
 

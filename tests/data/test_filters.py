@@ -165,3 +165,14 @@ def test_filter_resumes_after_a_crash_without_redoing_finished_shards(tmp_path, 
     monkeypatch.setattr(filters, "filter_unit", real)
     report = filter_corpus([str(tmp_path / "in")], str(tmp_path / "o"), _config())
     assert report["units_reused"] == 1 and report["items_in"] == 15
+
+
+def test_robot_datasets_pass_through_filter_unchanged(tmp_path):
+    from fmmm.datasets.robot import RobotDataset
+
+    from .conftest import random_episode, write_robot_dataset
+
+    write_robot_dataset(tmp_path / "in" / "demos", [random_episode(s) for s in range(3)])
+    report = filter_corpus([str(tmp_path / "in")], str(tmp_path / "o"), _config())
+    assert report["items_out"] == 3
+    assert RobotDataset(tmp_path / "o" / "shards" / "demos").num_episodes == 3
