@@ -21,24 +21,27 @@ from torch import nn
 from fmmm.corpus.build import CorpusConfig
 from fmmm.models.multimodal import MultimodalConfig
 from fmmm.train.runners import RUNNERS
+from fmmm.train.samples import KINDS, MEDIA, PretrainBatch, SampleDecoder
 from fmmm.train.trainer import TrainerConfig
-
-KINDS = ("image_text", "video_text", "audio_text", "text")
-MEDIA = {"image_text": "image", "video_text": "video", "audio_text": "audio"}
 
 
 @dataclass
 class SourceConfig:
-    """One data source of the mixture; `path` empty means the built-in corpus's `kind` shards."""
+    """One data source of the mixture; `path` empty means the built-in corpus's `kind` shards.
+
+    `robot` sources read a dataset folder written by `python -m fmmm.collect`.
+    """
 
     kind: str = "text"
     weight: float = 1.0
-    path: str = ""  # folder, glob or shard file (webdataset tar / JSONL)
+    path: str = ""  # folder, glob or shard file (webdataset tar / JSONL), or a robot dataset
     heldout_path: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"data source kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "robot" and not self.path:
+            raise ValueError("a robot data source needs path: a dataset folder (fmmm.collect)")
         if self.weight < 0:
             raise ValueError(f"data source {self.kind}: weight must be >= 0, got {self.weight}")
 
@@ -48,7 +51,7 @@ class DataConfig:
     """The mixture, the built-in corpus settings and how samples become sequences."""
 
     sources: list[SourceConfig] = field(
-        default_factory=lambda: [SourceConfig(kind=k) for k in KINDS]
+        default_factory=lambda: [SourceConfig(kind=k) for k in KINDS if k in MEDIA or k == "text"]
     )
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     cache_dir: str = ""  # "" -> $FMMM_CACHE/corpus or ~/.cache/fmmm/corpus
@@ -56,12 +59,16 @@ class DataConfig:
     audio_mels: int = 64
     audio_frames_per_patch: int = 4
     heldout_batch: int = 64  # held-out samples per source for the held-out losses
+    action_chunk: int = 1  # robot sources: actions predicted per frame
+    robot_camera: str = ""  # robot sources: camera name ("" = the dataset's first)
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("data.sources must list at least one source")
         if self.context_length < 8:
             raise ValueError(f"data.context_length must be >= 8, got {self.context_length}")
+        if self.action_chunk < 1:
+            raise ValueError(f"data.action_chunk must be >= 1, got {self.action_chunk}")
 
 
 @dataclass
@@ -104,111 +111,6 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.kind != "pretrain":
             raise ValueError(f"kind must be 'pretrain' for this runner, got {self.kind!r}")
-
-
-@dataclass
-class PretrainBatch:
-    """Sequences for the next-token loss and, per modality, (media alone, captions alone)."""
-
-    lm: Any  # MultimodalBatch
-    pairs: dict[str, tuple[Any, Any]]
-    tokens: int  # non-padding positions over all of the above
-
-    def to(self, device: Any, non_blocking: bool = False) -> PretrainBatch:
-        pairs = {m: (media.to(device), text.to(device)) for m, (media, text) in self.pairs.items()}
-        return PretrainBatch(self.lm.to(device), pairs, self.tokens)
-
-
-class SampleDecoder:
-    """Turns shard samples into segment lists with the sequence builder.
-
-    A sample's media segments are computed once and kept (up to `cache_size` samples): epochs
-    over a corpus then cost no decoding or spectrograms, and results are identical either way.
-    """
-
-    def __init__(self, builder: Any, context_length: int, cache_size: int = 50_000):
-        self.builder = builder
-        self.context_length = context_length
-        self.cache_size = cache_size
-        self._cache: dict[tuple[str, str], list] = {}
-
-    def media(self, sample: dict, kind: str) -> dict[str, Any]:
-        """Decoded payload as the sequence builder takes it."""
-        from fmmm.corpus.audio import read_wav
-        from fmmm.data.shards import decode_audio, decode_image, decode_video
-
-        if kind == "image_text":
-            return {"image": torch.from_numpy(decode_image(sample).copy()).permute(2, 0, 1)}
-        if kind == "video_text":
-            return {"video": torch.from_numpy(decode_video(sample).copy()).permute(0, 3, 1, 2)}
-        if sample["ext"].get("audio") == "wav":
-            wave, rate = read_wav(sample["audio"])
-        else:
-            wave, rate = decode_audio(sample)
-            wave = wave.mean(axis=0)
-        return {"audio": torch.from_numpy(wave), "sample_rate": rate}
-
-    def media_segments(self, sample: dict, kind: str) -> list:
-        """Marker + patches of the sample's image, video or audio (cached)."""
-        key = (sample["source"], sample["key"])
-        if key not in self._cache:
-            media = self.media(sample, kind)
-            if kind == "image_text":
-                segments = self.builder.image(media["image"])
-            elif kind == "video_text":
-                segments = self.builder.video(media["video"])
-            else:
-                segments = self.builder.audio(media["audio"], media["sample_rate"])
-            if len(self._cache) >= self.cache_size:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = segments
-        return self._cache[key]
-
-    def _bos(self) -> list:
-        from fmmm.tokenizers.sequence import Modality, Segment
-
-        return [Segment(Modality.TEXT, ids=[self.builder.text_tokenizer.bos_id], prefix=True)]
-
-    def media_alone(self, sample: dict, kind: str) -> list:
-        """BOS + media as a bidirectional prefix: the input of the pooled media embedding."""
-        return self._bos() + self.media_segments(sample, kind)
-
-    def caption_alone(self, caption: str) -> list:
-        """BOS caption EOS without loss: the input of the pooled text embedding."""
-        return self.builder.text(caption, bos=True, eos=True, loss=False)
-
-    def lm_sample(self, sample: dict, kind: str) -> list:
-        """Text, or the caption after its media prefix (`SequenceBuilder.caption_sample`)."""
-        if kind == "text":
-            return self.builder.text_sample(sample["text"])
-        return self.media_alone(sample, kind) + self.builder.text(sample["text"], eos=True)
-
-    def _fit(self, rows: list[list]) -> int:
-        """Row length for one-sample-per-row batches: the longest row, capped by the context."""
-        return min(self.context_length, max(sum(len(s) for s in row) for row in rows))
-
-    def __call__(
-        self, samples: list[dict], kinds: list[str], modalities: list[str]
-    ) -> PretrainBatch:
-        lm_samples, pair_samples = [], {m: ([], []) for m in modalities}
-        for sample, kind in zip(samples, kinds):
-            if not sample.get("text"):
-                raise ValueError(f"{sample['source']}:{sample['position']}: sample has no text")
-            lm_samples.append(self.lm_sample(sample, kind))
-            if kind in MEDIA and MEDIA[kind] in pair_samples:
-                pair_samples[MEDIA[kind]][0].append(self.media_alone(sample, kind))
-                pair_samples[MEDIA[kind]][1].append(self.caption_alone(sample["text"]))
-        build = self.builder.build
-        lm = build(lm_samples, self.context_length, pack=True, truncate=True)
-        tokens = int((lm.sample_ids > 0).sum())
-        pairs = {}
-        for modality, (media_rows, text_rows) in pair_samples.items():
-            if media_rows:
-                media = build(media_rows, self._fit(media_rows), pack=False, truncate=True)
-                text = build(text_rows, self._fit(text_rows), pack=False, truncate=True)
-                pairs[modality] = (media, text)
-                tokens += int((media.sample_ids > 0).sum() + (text.sample_ids > 0).sum())
-        return PretrainBatch(lm, pairs, tokens)
 
 
 class PretrainModule(nn.Module):
@@ -281,49 +183,100 @@ class PretrainModule(nn.Module):
         return {"loss": total, **logged}
 
 
-def build_tokenizers(cfg: PretrainConfig, texts: list[str]) -> dict[str, Any]:
-    """Text BPE trained on the training texts, plus image, video and audio tokenizers."""
+def build_tokenizers(
+    cfg: PretrainConfig, train_sets: list[tuple[SourceConfig, Any]], saved: Path
+) -> dict[str, Any]:
+    """Tokenizers of a run: loaded from `saved` when a resumed run wrote them, else built.
+
+    The text BPE is trained on the training texts; robot sources fit the action tokenizer and
+    state normalizer on their first episodes.
+    """
+    from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
     from fmmm.tokenizers.audio import AudioTokenizer
     from fmmm.tokenizers.image import ImageTokenizer, VideoTokenizer
-    from fmmm.tokenizers.text import TextTokenizer
+    from fmmm.tokenizers.text import TEXT_META_FILE, TextTokenizer
 
     model = cfg.model
-    audio = AudioTokenizer(
-        sample_rate=cfg.data.corpus.sample_rate,
-        n_mels=cfg.data.audio_mels,
-        frames_per_patch=cfg.data.audio_frames_per_patch,
-    )
-    if audio.patch_dim != model.audio_features:
-        raise ValueError(
-            f"model.audio_features {model.audio_features} must equal data.audio_mels x "
-            f"data.audio_frames_per_patch = {audio.patch_dim}"
-        )
-    return {
-        "text": TextTokenizer.train(texts, vocab_size=model.text_vocab_size),
+    tokenizers: dict[str, Any] = {
         "image": ImageTokenizer(model.image_size, model.patch_size),
         "video": VideoTokenizer(model.image_size, model.patch_size, model.video_tubelet),
-        "audio": audio,
+        "audio": AudioTokenizer(
+            sample_rate=cfg.data.corpus.sample_rate,
+            n_mels=cfg.data.audio_mels,
+            frames_per_patch=cfg.data.audio_frames_per_patch,
+        ),
     }
+    if tokenizers["audio"].patch_dim != model.audio_features:
+        raise ValueError(
+            f"model.audio_features {model.audio_features} must equal data.audio_mels x "
+            f"data.audio_frames_per_patch = {tokenizers['audio'].patch_dim}"
+        )
+    if (saved / "text" / TEXT_META_FILE).is_file():
+        tokenizers["text"] = TextTokenizer.load(saved / "text")
+    else:
+        texts = [ds[i]["text"] for _, ds in train_sets for i in range(min(len(ds), 2000))]
+        tokenizers["text"] = TextTokenizer.train(texts, vocab_size=model.text_vocab_size)
+    if tokenizers["text"].vocab_size > model.text_vocab_size:
+        raise ValueError(
+            f"the text tokenizer has {tokenizers['text'].vocab_size} ids; raise model.text_vocab_size"
+        )
+    robots = [ds for source, ds in train_sets if source.kind == "robot"]
+    if robots:
+        if model.action_bins < 2:
+            raise ValueError(
+                f"model.action_bins must be >= 2 for robot sources, got {model.action_bins}"
+            )
+        if (saved / "action").is_dir():
+            tokenizers["action"] = ActionTokenizer.load(saved / "action")
+            tokenizers["state"] = StateNormalizer.load(saved / "state")
+        else:
+            actions, states = (
+                np.concatenate(parts) for parts in zip(*(r.fit_arrays() for r in robots))
+            )
+            tokenizers["action"] = ActionTokenizer(num_bins=model.action_bins).fit(actions)
+            tokenizers["state"] = StateNormalizer().fit(states)
+        if model.action_bins != tokenizers["action"].num_bins:
+            raise ValueError(
+                f"model.action_bins must be > 0 for robot sources, got {model.action_bins}"
+            )
+        if model.state_dim != tokenizers["state"].dims:
+            raise ValueError(
+                f"model.state_dim is {model.state_dim} but the robot data has "
+                f"{tokenizers['state'].dims}-dimensional states"
+            )
+    return tokenizers
 
 
-def _source_paths(cfg: PretrainConfig, accelerator: Any) -> list[tuple[SourceConfig, str, str]]:
-    """(source, train path, held-out path); builds the built-in corpus once if a source needs it."""
+def open_sources(
+    cfg: PretrainConfig, accelerator: Any
+) -> tuple[list[tuple[SourceConfig, Any]], dict[str, Any]]:
+    """(source, training set) pairs and held-out sets by kind; builds the corpus once if needed."""
     from fmmm.corpus.build import build_corpus
+    from fmmm.train.data import ShardDataset
+    from fmmm.train.samples import RobotFrames
 
     corpus_root = None
     if any(not source.path for source in cfg.data.sources):
         if accelerator.is_main_process:
-            corpus_root = build_corpus(cfg.data.corpus, cfg.data.cache_dir or None)
+            build_corpus(cfg.data.corpus, cfg.data.cache_dir or None)
         accelerator.wait_for_everyone()
         corpus_root = build_corpus(cfg.data.corpus, cfg.data.cache_dir or None)  # cached now
-    paths = []
+
+    def open_one(kind: str, path: str) -> Any:
+        if kind == "robot":
+            return RobotFrames(path, cfg.data.action_chunk, cfg.data.robot_camera)
+        return ShardDataset(path)
+
+    train_sets, heldout_sets = [], {}
     for source in cfg.data.sources:
-        train = source.path or str(corpus_root / source.kind / "train")
-        heldout = source.heldout_path or (
-            "" if source.path else str(corpus_root / source.kind / "heldout")
-        )
-        paths.append((source, train, heldout))
-    return paths
+        path = source.path or str(corpus_root / source.kind / "train")
+        train_sets.append((source, open_one(source.kind, path)))
+        heldout = source.heldout_path
+        if not heldout and not source.path:
+            heldout = str(corpus_root / source.kind / "heldout")
+        if heldout:
+            heldout_sets[source.kind] = open_one(source.kind, heldout)
+    return train_sets, heldout_sets
 
 
 class HeldoutEvaluator:
@@ -355,7 +308,7 @@ class HeldoutEvaluator:
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             batch = self.decoder.builder.build(
-                part, self.decoder._fit(part), pack=False, truncate=True
+                part, self.decoder.fit_length(part), pack=False, truncate=True
             )
             parts.append(model.embed_pooled(batch.to(device), modality).float())
         return torch.cat(parts)
@@ -387,41 +340,29 @@ def run(config_path: str, overrides: list[str]) -> Any:
     from fmmm.models.multimodal import MultimodalModel
     from fmmm.scaling import shape_of
     from fmmm.tokenizers.sequence import SequenceBuilder
-    from fmmm.train.data import MixtureStream, ShardDataset
+    from fmmm.train.data import MixtureStream
     from fmmm.train.trainer import Trainer, make_accelerator
     from fmmm.utils.seed import seed_everything
 
     cfg = load_config(PretrainConfig, config_path, overrides)
     run_dir = Path(cfg.run_dir)
     accelerator = make_accelerator(cfg.train, run_dir)
-    sources = _source_paths(cfg, accelerator)
-    train_sets = [(s, ShardDataset(train)) for s, train, _ in sources]
-    heldout_sets = {s.kind: ShardDataset(held) for s, _, held in sources if held}
-
-    tokenizer_dir = run_dir / "tokenizers"
-    if (tokenizer_dir / "text_tokenizer.json").is_file():  # a resumed run keeps its vocabulary
-        from fmmm.tokenizers.text import TextTokenizer
-
-        tokenizers = build_tokenizers(cfg, ["resumed"])
-        tokenizers["text"] = TextTokenizer.load(tokenizer_dir)
-    else:
-        texts = [ds[i]["text"] for _, ds in train_sets for i in range(min(len(ds), 2000))]
-        tokenizers = build_tokenizers(cfg, texts)
+    train_sets, heldout_sets = open_sources(cfg, accelerator)
+    tokenizer_dir = run_dir / "tokenizers"  # a resumed run keeps its vocabulary and bins
+    tokenizers = build_tokenizers(cfg, train_sets, tokenizer_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        for tokenizer in tokenizers.values():
-            tokenizer.save(tokenizer_dir)
+        for name, tokenizer in tokenizers.items():
+            tokenizer.save(tokenizer_dir / name)
     accelerator.wait_for_everyone()
-    if tokenizers["text"].vocab_size > cfg.model.text_vocab_size:
-        raise ValueError(
-            f"text tokenizer has {tokenizers['text'].vocab_size} ids > model.text_vocab_size"
-        )
     builder = SequenceBuilder(
         tokenizers["text"],
         image_tokenizer=tokenizers["image"],
         video_tokenizer=tokenizers["video"],
         audio_tokenizer=tokenizers["audio"],
+        action_tokenizer=tokenizers.get("action"),
+        state_normalizer=tokenizers.get("state"),
         action_offset=cfg.model.text_vocab_size,
     )
     decoder = SampleDecoder(builder, cfg.data.context_length)
@@ -450,9 +391,8 @@ def run(config_path: str, overrides: list[str]) -> Any:
     )
     result = trainer.train()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(trainer.module).model.save_pretrained(run_dir / "model")
-        for tokenizer in tokenizers.values():
-            tokenizer.save(run_dir / "model")  # tokenizers live next to the weights
+        model = accelerator.unwrap_model(trainer.module).model
+        model.save_pretrained(run_dir / "model", tokenizers=tokenizers)  # tokenizers beside it
         summary = {**asdict(result), "parameters": shape.parameters(active=True)}
         from fmmm.utils.io import atomic_write_json
 

@@ -17,7 +17,8 @@ class SpikeConfig:
     window: int = 50  # rolling history of accepted steps
     min_history: int = 10  # no z-score verdicts before this many accepted steps
     z_threshold: float = 6.0  # one-sided: only values far above the mean are spikes
-    rel_std_floor: float = 0.05  # std is at least this fraction of the mean (flat curves)
+    rel_std_floor: float = 0.05  # loss std is at least this fraction of its mean (flat curves)
+    log_grad_std_floor: float = 0.25  # std of log(gradient norm) is at least this
     max_consecutive: int = 3  # this many spikes in a row trigger a rollback
     max_rollbacks: int = 5  # then the run stops with an error
 
@@ -38,13 +39,13 @@ class SpikeGuard:
     def __init__(self, cfg: SpikeConfig):
         self.cfg = cfg
         self.losses: deque[float] = deque(maxlen=cfg.window)
-        self.grad_norms: deque[float] = deque(maxlen=cfg.window)
+        self.log_grad_norms: deque[float] = deque(maxlen=cfg.window)
         self.consecutive = 0
 
-    def _z(self, value: float, history: deque[float]) -> float:
+    @staticmethod
+    def _z(value: float, history: deque[float], floor: float) -> float:
         mean = statistics.fmean(history)
-        std = max(statistics.pstdev(history), self.cfg.rel_std_floor * abs(mean), 1e-12)
-        return (value - mean) / std
+        return (value - mean) / max(statistics.pstdev(history), floor, 1e-12)
 
     def check(self, loss: float, grad_norm: float) -> str | None:
         """Reason this step is a spike (and must be skipped), or None to accept it."""
@@ -52,8 +53,12 @@ class SpikeGuard:
             return f"non-finite loss {loss} or gradient norm {grad_norm}"
         if not self.cfg.enabled or len(self.losses) < self.cfg.min_history:
             return None
-        z_loss = self._z(loss, self.losses)
-        z_grad = self._z(grad_norm, self.grad_norms)
+        z_loss = self._z(
+            loss, self.losses, self.cfg.rel_std_floor * abs(statistics.fmean(self.losses))
+        )
+        # gradient norms swing by factors early in training: judge them on a log scale
+        log_grad = math.log(grad_norm + 1e-12)
+        z_grad = self._z(log_grad, self.log_grad_norms, self.cfg.log_grad_std_floor)
         if z_loss > self.cfg.z_threshold:
             return f"loss {loss:.4g} is {z_loss:.1f} std above its recent mean"
         if z_grad > self.cfg.z_threshold:
@@ -67,17 +72,17 @@ class SpikeGuard:
             return self.consecutive >= self.cfg.max_consecutive
         self.consecutive = 0
         self.losses.append(loss)
-        self.grad_norms.append(grad_norm)
+        self.log_grad_norms.append(math.log(grad_norm + 1e-12))
         return False
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "losses": list(self.losses),
-            "grad_norms": list(self.grad_norms),
+            "log_grad_norms": list(self.log_grad_norms),
             "consecutive": self.consecutive,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.losses = deque(state["losses"], maxlen=self.cfg.window)
-        self.grad_norms = deque(state["grad_norms"], maxlen=self.cfg.window)
+        self.log_grad_norms = deque(state["log_grad_norms"], maxlen=self.cfg.window)
         self.consecutive = int(state["consecutive"])

@@ -437,18 +437,18 @@ class Trainer:
             )
         if self.rollbacks >= self.cfg.spike.max_rollbacks:
             raise RuntimeError(f"loss spikes persist after {self.rollbacks} rollbacks; giving up")
-        bad_data_step = self.step + self.data_offset  # the step just skipped, already counted
+        next_data_step = self.step + self.data_offset  # just after the spiking window
         rollbacks, skipped = self.rollbacks + 1, self.skipped_steps
         from_step = self.step
         self.load_checkpoint(path)
+        first_skipped = self.step + self.data_offset
         self.rollbacks, self.skipped_steps = rollbacks, skipped
-        # the next step reads the data after the window that caused the spikes
-        self.data_offset = bad_data_step - self.step
+        self.data_offset = next_data_step - self.step
         self._event(
             "rollback",
             from_step=from_step,
             path=str(path),
-            skip_data_steps=f"{path.name} .. data step {bad_data_step - 1}",
+            skipped_data_steps=f"{first_skipped}..{next_data_step - 1}",
         )
 
     def _train_step(self, prefetcher: _Prefetcher) -> dict[str, Any]:
