@@ -36,7 +36,7 @@ def test_smoke_pretraining_logs_every_objective_and_fills_the_run_dir(tmp_path, 
         assert key in rows[0], key
     assert all(r["tokens_per_second"] > 0 for r in rows)
     for name in ("config.yaml", "model/config.json", "model/model.safetensors",
-                 "model/tokenizers/text/text_tokenizer.json", "tokenizers/image_tokenizer.json"):  # fmt: skip
+                 "model/tokenizers/text/text_tokenizer.json", "tokenizers/image/image_tokenizer.json"):  # fmt: skip
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     summary = json.loads((tmp_path / "summary.json").read_text())
