@@ -129,19 +129,25 @@ def _iter_jsonl(path: Path, on_error: Callable[[ShardError], None] | None) -> It
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 _report(ShardError(path, line_number, 'line has no string "text" field'), on_error)
                 continue
-            key = record.get("id", f"{path.stem}:{line_number}")
-            yield {
-                "key": str(key),
-                "modality": "text",
-                "text": record["text"],
-                "image": None,
-                "audio": None,
-                "video": None,
-                "ext": {},
-                "json": record,
-                "source": str(path),
-                "position": line_number,
-            }
+            yield text_sample(
+                record, path, line_number, record.get("id", f"{path.stem}:{line_number}")
+            )
+
+
+def text_sample(record: dict[str, Any], path: Path, position: int, key: Any) -> Sample:
+    """The sample dict of one JSONL record (`record["text"]` holds the text)."""
+    return {
+        "key": str(key),
+        "modality": "text",
+        "text": record["text"],
+        "image": None,
+        "audio": None,
+        "video": None,
+        "ext": {},
+        "json": record,
+        "source": str(path),
+        "position": position,
+    }
 
 
 def _split_member_name(name: str) -> tuple[str, str]:

@@ -163,18 +163,9 @@ class ShardDataset:
             f.seek(offset)
             if path.suffix == ".jsonl":
                 record = json.loads(f.readline())
-                return {
-                    "key": str(record.get("id", f"{path.stem}:{index}")),
-                    "modality": "text",
-                    "text": record["text"],
-                    "image": None,
-                    "audio": None,
-                    "video": None,
-                    "ext": {},
-                    "json": record,
-                    "source": str(path),
-                    "position": offset,
-                }
+                from fmmm.data.shards import text_sample
+
+                return text_sample(record, path, offset, record.get("id", f"{path.stem}:{index}"))
             return _read_tar_sample(f, path, offset)
 
 
