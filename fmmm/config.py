@@ -33,6 +33,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML config file into an untyped OmegaConf node; errors name the file."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(f"cannot parse config file {path}: {_one_line(exc)}") from None
+    return OmegaConf.create({}) if loaded is None else loaded
+
+
 def load_config(
     schema: type[T],
     path: str | os.PathLike | None = None,
@@ -50,14 +64,7 @@ def load_config(
         raise ConfigError(f"invalid config schema {schema.__name__}: {_one_line(exc)}") from None
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # yaml errors come in several types
-            raise ConfigError(f"cannot parse config file {path}: {_one_line(exc)}") from None
-        if loaded is None:
-            loaded = OmegaConf.create({})
+        loaded = read_yaml(path)
         try:
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fmmm.config import ConfigError
+from fmmm.config import ConfigError, read_yaml
 from fmmm.registry import Registry
 
 RUNNERS = Registry("training run kind")
@@ -23,17 +23,8 @@ DEFAULT_KIND = "pretrain"
 
 def config_kind(path: str | Path, overrides: list[str]) -> str:
     """The `kind` a config file (after `kind=...` overrides) asks for; `pretrain` when absent."""
-    from omegaconf import OmegaConf
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors come in several types
-        raise ConfigError(
-            f"cannot parse config file {path}: {' '.join(str(exc).split())}"
-        ) from None
+    loaded = read_yaml(path)
     kind = loaded.get("kind", DEFAULT_KIND) if hasattr(loaded, "get") else DEFAULT_KIND
     for item in overrides:
         if item.startswith("kind="):
