@@ -19,7 +19,7 @@ import torch
 
 from fmmm.config import config_to_dict, load_config, save_config
 from fmmm.policies.lora import LoRAConfig
-from fmmm.policies.vla import ACTION_DIM, VLA, VLAConfig
+from fmmm.policies.vla import ACTION_DIM, VLA, PatchNormalizer, VLAConfig
 from fmmm.tokenizers.sequence import Modality, MultimodalBatch
 from fmmm.train.runners import RUNNERS
 from fmmm.train.trainer import TrainerConfig
@@ -332,6 +332,21 @@ def build_vla(cfg: VLARunConfig, dataset: Any) -> tuple[VLA, dict[str, Any]]:
     return VLA(model, builder, cfg.policy), origin
 
 
+def fit_patch_normalizer(dataset: Any, vla: VLA, batch: int = 256) -> PatchNormalizer:
+    """Per-camera patch statistics over every demonstration frame."""
+    from fmmm.datasets.robot import IMAGE_PREFIX
+
+    tokenizer = vla.builder.image_tokenizer
+    patches: dict[str, list[torch.Tensor]] = {camera: [] for camera in vla.config.cameras}
+    for index in range(dataset.num_episodes):
+        episode = dataset.episode(index)
+        for camera in vla.config.cameras:
+            frames = torch.tensor(episode[IMAGE_PREFIX + camera]).permute(0, 3, 1, 2)
+            for start in range(0, len(frames), batch):
+                patches[camera].append(tokenizer.encode(frames[start : start + batch])[0])
+    return PatchNormalizer.fit({camera: torch.cat(rows) for camera, rows in patches.items()})
+
+
 def adapt(vla: VLA, cfg: AdaptationConfig) -> None:
     """Choose the trainable parameters (and wrap with LoRA adapters) as the config says."""
     from fmmm.policies.lora import add_lora
@@ -365,6 +380,8 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
 
     seed_everything(cfg.train.seed)
     vla, origin = build_vla(cfg, dataset)
+    if cfg.policy.normalize_patches:
+        vla.patch_normalizer = fit_patch_normalizer(dataset, vla)
     adapt(vla, cfg.adaptation)
     trainable, total = count_parameters(vla)
     samples = FrameSamples(dataset, vla)

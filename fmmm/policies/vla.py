@@ -38,7 +38,7 @@ from fmmm.tokenizers.sequence import (
     SequenceBuilder,
 )
 from fmmm.tokenizers.text import TextTokenizer
-from fmmm.utils.io import atomic_write_json
+from fmmm.utils.io import atomic_write_bytes, atomic_write_json
 
 ACTION_DIM = 7
 MODEL_DIR = "model"
@@ -56,6 +56,7 @@ class VLAConfig:
     chunk: int = 4  # actions predicted per inference
     execute: int = 0  # actions executed from each chunk before predicting again; 0: all of them
     use_cache: bool = True  # KV cache during decoding (False: re-run the whole sequence per token)
+    normalize_patches: bool = True  # standardize image patches with demonstration statistics
 
     def __post_init__(self) -> None:
         if not self.cameras and not self.use_state:
@@ -73,10 +74,71 @@ class VLAConfig:
         return self.execute or self.chunk
 
 
+class PatchNormalizer:
+    """Per-camera, per-patch-feature standardization of image patches, fitted on the demonstrations.
+
+    Scene differences (a 3-pixel object, the arm) are a few percent of a patch's pixels; after
+    subtracting the mean image and dividing by the per-pixel spread they dominate the input.
+    """
+
+    FILE = "patch_normalizer.safetensors"
+
+    def __init__(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.stats = stats or {}  # camera -> (mean (N, F), std (N, F))
+
+    @classmethod
+    def fit(cls, patches: dict[str, torch.Tensor], floor: float = 0.1) -> PatchNormalizer:
+        """Statistics of patches {camera: (frames, N, F)}; spreads below `floor` are raised to it."""
+        stats = {}
+        for camera, values in patches.items():
+            if values.ndim != 3 or values.shape[0] == 0:
+                raise ValueError(f"{camera} patches must be a non-empty (frames, N, F) tensor")
+            stats[camera] = (values.mean(0), values.std(0, correction=0).clamp_min(floor))
+        return cls(stats)
+
+    def __call__(self, camera: str, patches: torch.Tensor) -> torch.Tensor:
+        if camera not in self.stats:
+            return patches
+        mean, std = self.stats[camera]
+        if patches.shape != mean.shape:
+            raise ValueError(
+                f"{camera} patches {tuple(patches.shape)} do not match the fitted {tuple(mean.shape)}"
+            )
+        return (patches - mean) / std
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save
+
+        tensors = {}
+        for camera, (mean, std) in self.stats.items():
+            tensors[f"{camera}.mean"], tensors[f"{camera}.std"] = (
+                mean.contiguous(),
+                std.contiguous(),
+            )
+        atomic_write_bytes(Path(directory) / self.FILE, save(tensors))
+
+    @classmethod
+    def load(cls, directory: Path) -> PatchNormalizer:
+        from safetensors.torch import load_file
+
+        path = Path(directory) / cls.FILE
+        if not path.is_file():
+            return cls()
+        tensors = load_file(path)
+        cameras = {key.rsplit(".", 1)[0] for key in tensors}
+        return cls({c: (tensors[f"{c}.mean"], tensors[f"{c}.std"]) for c in cameras})
+
+
 class VLA(nn.Module):
     """MultimodalModel + tokenizers: training loss on action tokens and chunk prediction."""
 
-    def __init__(self, model: nn.Module, builder: SequenceBuilder, config: VLAConfig):
+    def __init__(
+        self,
+        model: nn.Module,
+        builder: SequenceBuilder,
+        config: VLAConfig,
+        patch_normalizer: PatchNormalizer | None = None,
+    ):
         super().__init__()
         if builder.action_tokenizer is None or builder.action_tokenizer.dims != ACTION_DIM:
             raise ValueError(f"the VLA needs an action tokenizer fitted on {ACTION_DIM}-D actions")
@@ -87,11 +149,22 @@ class VLA(nn.Module):
         self.config = config
         self.num_bins = builder.action_tokenizer.num_bins
         self.action_offset = builder.action_offset
+        self.patch_normalizer = patch_normalizer or PatchNormalizer()
 
     # ------------------------------------------------------------------ sequences
     def prefix_segments(self, observation: dict[str, Any]) -> list[Segment]:
-        """Prefix of one observation: BOS, camera images, state, instruction, then `<|action|>`."""
-        images = []
+        """Prefix of one observation: BOS, instruction, camera images, state, then `<|action|>`.
+
+        The instruction comes first so that every action token sits at the same offset from every
+        image patch whatever the instruction's length: rotary attention then reads where a patch
+        lies in the image directly from the query-key offset.
+        """
+        instruction = observation.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("observation needs a non-empty 'instruction' string")
+        text = self.builder.text_tokenizer
+        segments = [Segment(Modality.TEXT, ids=[text.bos_id], prefix=True)]
+        segments += self.builder.text(instruction, prefix=True, loss=False)
         for camera in self.config.cameras:
             if camera not in observation:
                 raise ValueError(f"observation has no {camera!r} image")
@@ -100,14 +173,12 @@ class VLA(nn.Module):
                 raise ValueError(
                     f"observation[{camera!r}] must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}"
                 )
-            images.append(image.permute(2, 0, 1))
-        state = None
+            *marker, patches = self.builder.image(image.permute(2, 0, 1))
+            patches.features = self.patch_normalizer(camera, patches.features)
+            segments += [*marker, patches]
         if self.config.use_state:
-            state = torch.tensor(np.asarray(observation["state"], dtype=np.float32))
-        instruction = observation.get("instruction")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError("observation needs a non-empty 'instruction' string")
-        return self.builder.vla_sample(images, state, instruction)
+            segments += self.builder.state(np.array(observation["state"], dtype=np.float32))
+        return segments + [Segment(Modality.TEXT, ids=[text.action_id])]
 
     def training_batch(
         self, prefixes: list[list[Segment]], action_ids: torch.Tensor, action_mask: torch.Tensor
@@ -199,6 +270,7 @@ class VLA(nn.Module):
             base.save_pretrained(run_dir / MODEL_DIR, tokenizers=tokenizers)
         else:
             self.model.save_pretrained(run_dir / MODEL_DIR, tokenizers=tokenizers)
+        self.patch_normalizer.save(run_dir / MODEL_DIR / TOKENIZERS_DIR)
         spec = {"type": "vla", "adaptation": adaptation, **dataclasses.asdict(self.config)}
         atomic_write_json(run_dir / POLICY_FILE, spec)
 
@@ -231,8 +303,9 @@ class VLA(nn.Module):
             if merge:
                 model = merge_adapter(model)
         model.eval()
-        builder = load_builder(run_dir / MODEL_DIR / TOKENIZERS_DIR, config.use_state)
-        return cls(model, builder, config)
+        tokenizer_dir = run_dir / MODEL_DIR / TOKENIZERS_DIR
+        builder = load_builder(tokenizer_dir, config.use_state)
+        return cls(model, builder, config, PatchNormalizer.load(tokenizer_dir))
 
 
 def is_lora(model: nn.Module) -> bool:

@@ -171,3 +171,34 @@ def test_vla_config_rejects_bad_values(kwargs, message):
 def test_vla_factory_needs_a_run_directory():
     with pytest.raises(ValueError, match="run directory"):
         load_vla(None, {})
+
+
+def test_patch_normalizer_standardizes_and_round_trips_with_the_policy(tmp_path):
+    from fmmm.policies.vla import PatchNormalizer
+
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.rand(50, 4, 192, generator=generator)
+    patches[:, :, :10] = 0.5  # constant pixels: spread raised to the floor
+    normalizer = PatchNormalizer.fit({"agentview": patches}, floor=0.1)
+    out = normalizer("agentview", patches[0])
+    expected = (patches[0] - patches.mean(0)) / patches.std(0, correction=0).clamp_min(0.1)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(normalizer("wrist", patches[0]), patches[0])  # unfitted camera untouched
+    with pytest.raises(ValueError, match="do not match"):
+        normalizer("agentview", patches[0, :2])
+    vla = make_vla()
+    frames = torch.tensor(np.stack([observation(i)["agentview"] for i in range(8)])).permute(
+        0, 3, 1, 2
+    )
+    vla.patch_normalizer = PatchNormalizer.fit(
+        {"agentview": vla.builder.image_tokenizer.encode(frames)[0]}
+    )
+    vla.save(tmp_path)
+    loaded = VLA.load(tmp_path)
+    np.testing.assert_array_equal(
+        loaded.predict_chunk(observation()), vla.predict_chunk(observation())
+    )
+    plain = make_vla()
+    assert not np.array_equal(
+        plain.predict_chunk(observation(3)), vla.predict_chunk(observation(3))
+    )
