@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SOURCES = ("image_text", "video_text", "audio_text", "text")
 SPLITS = ("train", "heldout")
 

@@ -1,7 +1,7 @@
 """Image- and video-caption pairs rendered from the MuJoCo tabletop scene.
 
 Each scene places one to three objects (cube, cylinder, ball; eight colours) on the table in
-distinct cells of a 3 x 3 grid seen from the `agentview` camera, and the caption names every
+distinct cells of a 3 x 3 grid seen from a camera in front of the table, and the caption names every
 object's colour, shape and position ("a red cube at the back left and a blue ball in the
 centre"). Video clips move one object (slides left or right, moves towards or away from the
 camera, rises, falls onto the table) and say so.
@@ -102,15 +102,20 @@ class SceneRenderer:
             for c in COLOURS
         }
         self.hidden = {name: (2.0 + i * 0.2, 3.0, -2.0) for i, name in enumerate(self.qpos_address)}
+        # a camera framing the objects' grid, looking from the front as `agentview` does
+        self.camera = mujoco.MjvCamera()
+        self.camera.type = mujoco.mjtCamera.mjCAMERA_FREE
+        self.camera.lookat[:] = (0.45, 0.0, 0.0)
+        self.camera.distance, self.camera.azimuth, self.camera.elevation = 0.62, 180.0, -62.0
 
     def render(self, poses: dict[str, tuple[float, float, float]]) -> np.ndarray:
-        """uint8 (H, W, 3) agentview image with the named objects at `poses`, others hidden."""
+        """uint8 (H, W, 3) image of the table with the named objects at `poses`, others hidden."""
         qpos = self.data.qpos
         for name, address in self.qpos_address.items():
             qpos[address : address + 3] = poses.get(name, self.hidden[name])
             qpos[address + 3 : address + 7] = (1.0, 0.0, 0.0, 0.0)
         self._mujoco.mj_forward(self.model, self.data)
-        self.renderer.update_scene(self.data, camera="agentview")
+        self.renderer.update_scene(self.data, camera=self.camera)
         return self.renderer.render().copy()
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ N processes with batch B/N match one process with batch B.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,10 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         if longest > x.shape[0]
         else x
     )
-    parts = all_gather(padded.contiguous())
+    with warnings.catch_warnings():
+        # deprecated in torch 2.10+ in favour of a private module; still correct with gradients
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(padded.contiguous())
     return torch.cat([part[:count] for part, count in zip(parts, counts)], dim=0)
 
 

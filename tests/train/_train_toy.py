@@ -22,12 +22,13 @@ class ToyConfig:
     train: TrainerConfig = field(default_factory=TrainerConfig)
     poison: list[int] = field(default_factory=list)  # data steps whose inputs explode
     sleep: float = 0.0  # seconds per batch, so a test can kill the run mid-way
+    dropout: float = 0.1
 
 
 class ToyModule(nn.Module):
-    def __init__(self):
+    def __init__(self, dropout: float = 0.1):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(0.1), nn.Linear(32, 1))
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, 1))
 
     def forward(self, batch: dict) -> dict:
         loss = (self.net(batch["x"]).squeeze(-1) - batch["y"]).square().mean()
@@ -57,7 +58,7 @@ class ToyStream:
 def run(run_dir: str, overrides: list[str]):
     cfg = load_config(ToyConfig, None, overrides)
     torch.manual_seed(cfg.train.seed)
-    module = ToyModule()
+    module = ToyModule(cfg.dropout)
     stream = ToyStream(cfg.train.batch_size, cfg.poison, cfg.sleep)
     return Trainer(cfg.train, module, stream, run_dir).train()
 

@@ -126,3 +126,13 @@ def test_persistent_spike_rolls_back_and_skips_the_bad_data_window(tmp_path):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if not r["skipped"])
     final = json.loads((list_checkpoints(tmp_path / "ckpt")[0] / "trainer.json").read_text())
     assert final["data_offset"] == 26 - 20  # after rollback to step 20, data resumes at step 26
+
+
+def test_gradient_accumulation_matches_the_whole_batch_in_one_step(tmp_path):
+    whole = _train_toy.run(str(tmp_path / "whole"), [*BASE, "train.steps=8", "dropout=0"])
+    accumulated = _train_toy.run(
+        str(tmp_path / "accum"), [*BASE, "train.steps=8", "dropout=0", "train.grad_accum=4"]
+    )
+    assert whole.step == accumulated.step == 8
+    for step, loss in losses(tmp_path / "whole").items():
+        assert losses(tmp_path / "accum")[step] == pytest.approx(loss, rel=1e-5)
