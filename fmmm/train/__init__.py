@@ -1,5 +1,7 @@
-"""Training: the reusable `Trainer` (trainer.py), checkpoints, spike guard, data streams.
+"""Training: `python -m fmmm.train CONFIG [key=value ...]` dispatches on the config's `kind`.
 
-`python -m fmmm.train CONFIG [key=value ...]` dispatches on the config's top-level `kind` through
-`fmmm.train.runners.RUNNERS`. Submodules import torch; this package file does not.
+trainer.py (the reusable `Trainer`), checkpoint.py, spike.py, optim.py, metrics.py, data.py
+(deterministic mixture streams, random access to shards), samples.py (samples -> batches),
+pretrain.py (the `pretrain` kind), runners.py (the kind registry). Submodules import torch;
+this package file does not.
 """
