@@ -1,7 +1,7 @@
 """VLA policy speed on CPU: actions per second with and without the KV cache, and with chunks.
 
-    python benchmarks/policy.py                       # quickstart-sized model, random weights
-    python benchmarks/policy.py --policy runs/quickstart --seconds 5
+    python -m benchmarks.policy                       # quickstart-sized model, random weights
+    python -m benchmarks.policy --policy runs/quickstart --seconds 5
 
 Each setting serves actions through `VLAPolicy.act` (the evaluation path) on fixed observations;
 a chunk of k actions costs one prefill plus k*7 decoded tokens and is executed whole.
