@@ -57,6 +57,11 @@ class VLAConfig:
     execute: int = 0  # actions executed from each chunk before predicting again; 0: all of them
     use_cache: bool = True  # KV cache during decoding (False: re-run the whole sequence per token)
     normalize_patches: bool = True  # standardize image patches with demonstration statistics
+    # Training-time Gaussian noise on the normalized state and image patches: the initial arm
+    # pose and the exact pixels identify a demonstration, and without noise the policy memorizes
+    # demonstrations instead of learning where the named object is.
+    state_noise: float = 0.0
+    patch_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.cameras and not self.use_state:
@@ -68,6 +73,8 @@ class VLAConfig:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
         if not 0 <= self.execute <= self.chunk:
             raise ValueError(f"execute must be in [0, chunk={self.chunk}], got {self.execute}")
+        if self.state_noise < 0 or self.patch_noise < 0:
+            raise ValueError("state_noise and patch_noise must be >= 0")
 
     @property
     def steps_per_chunk(self) -> int:
@@ -203,6 +210,8 @@ class VLA(nn.Module):
 
     def forward(self, batch: MultimodalBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy over the action bins at every action target; (loss, info)."""
+        if self.training:
+            batch = self._augment(batch)
         out = self.model(batch)
         valid = batch.targets != IGNORE_INDEX  # (B, L)
         if not bool(valid.any()):
@@ -214,6 +223,15 @@ class VLA(nn.Module):
         loss = nn.functional.cross_entropy(logits.float(), bins)
         accuracy = (logits.argmax(-1) == bins).float().mean()
         return loss + out["aux_loss"], {"action_loss": loss.detach(), "action_accuracy": accuracy}
+
+    def _augment(self, batch: MultimodalBatch) -> MultimodalBatch:
+        """The batch with training noise added to its state and image features."""
+        noise = {"state": self.config.state_noise, "image": self.config.patch_noise}
+        features = dict(batch.features)
+        for key, scale in noise.items():
+            if scale and key in features:
+                features[key] = features[key] + scale * torch.randn_like(features[key])
+        return dataclasses.replace(batch, features=features)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -202,3 +202,25 @@ def test_patch_normalizer_standardizes_and_round_trips_with_the_policy(tmp_path)
     assert not np.array_equal(
         plain.predict_chunk(observation(3)), vla.predict_chunk(observation(3))
     )
+
+
+def test_training_noise_perturbs_features_only_in_training_mode():
+    vla = make_vla(state_noise=0.5, patch_noise=0.5)
+    prefixes = [vla.prefix_segments(observation(i)) for i in range(2)]
+    batch = vla.training_batch(
+        prefixes, torch.zeros(2, 28, dtype=torch.long), torch.ones(2, 28, dtype=torch.bool)
+    )
+    vla.eval()
+    assert torch.equal(vla(batch)[0], vla(batch)[0])
+    vla.train()
+    torch.manual_seed(0)
+    first = vla(batch)[0]
+    torch.manual_seed(0)
+    assert torch.equal(first, vla(batch)[0])  # seeded noise: same numbers
+    assert not torch.equal(first, vla(batch)[0])
+    assert torch.equal(
+        batch.features["state"],
+        vla.training_batch(
+            prefixes, torch.zeros(2, 28, dtype=torch.long), torch.ones(2, 28, dtype=torch.bool)
+        ).features["state"],
+    )
