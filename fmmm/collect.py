@@ -131,23 +131,19 @@ def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[
             }
         )
         offset += length
-    info = {
-        "format": robot.FORMAT_VERSION,
-        "fmmm_version": fmmm.__version__,
-        "fps": run["fps"],
-        "features": features,
-        "total_episodes": len(rows),
-        "total_frames": offset,
-        "total_tasks": len(tasks),
-        "chunks_size": robot.CHUNK_SIZE,
-        "data_path": robot.DATA_PATH,
-        "splits": {"train": f"0:{len(rows)}"},
-        "mujoco_version": run["fingerprint"]["mujoco_version"],
-        "scene_sha256": run["fingerprint"]["scene_sha256"],
-        "env": run["fingerprint"],
-        "collection": {k: run[k] for k in ("task", "seed", "keep_failures", "policy")}
+    info = robot.dataset_info(
+        run["fps"],
+        features,
+        rows,
+        offset,
+        tasks,
+        fmmm_version=fmmm.__version__,
+        mujoco_version=run["fingerprint"]["mujoco_version"],
+        scene_sha256=run["fingerprint"]["scene_sha256"],
+        env=run["fingerprint"],
+        collection={k: run[k] for k in ("task", "seed", "keep_failures", "policy")}
         | {"seed_split": "train", "attempts": selected[-1]["attempt"] + 1},
-    }
+    )
     robot.write_metadata(out, info, rows, tasks, robot.compute_stats(samples))
     return info
 

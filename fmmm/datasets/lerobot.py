@@ -236,18 +236,14 @@ def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
             for k, v in info.items()
             if k in ("mujoco_version", "scene_sha256", "env", "collection", "robot_type")
         }
-        new_info = {
-            "format": robot.FORMAT_VERSION,
-            "fps": fps,
-            "features": features,
-            "total_episodes": len(rows),
-            "total_frames": offset,
-            "total_tasks": len(tasks),
-            "chunks_size": robot.CHUNK_SIZE,
-            "data_path": robot.DATA_PATH,
-            "splits": {"train": f"0:{len(rows)}"},
-            "source": {"lerobot_codebase_version": version, "path": str(source)},
+        new_info = robot.dataset_info(
+            fps,
+            features,
+            rows,
+            offset,
+            tasks,
+            source={"lerobot_codebase_version": version, "path": str(source)},
             **kept,
-        }
+        )
         robot.write_metadata(tmp, new_info, rows, tasks, robot.compute_stats(samples))
     return Path(destination)

@@ -163,6 +163,29 @@ def compute_stats(samples: Sequence[Episode]) -> dict[str, dict[str, list]]:
     return stats
 
 
+def dataset_info(
+    fps: float,
+    features: dict[str, Any],
+    episodes: Sequence[dict[str, Any]],
+    total_frames: int,
+    tasks: Sequence[Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The `meta/info.json` record of a dataset of `episodes` rows; `extra` adds provenance keys."""
+    return {
+        "format": FORMAT_VERSION,
+        "fps": fps,
+        "features": features,
+        "total_episodes": len(episodes),
+        "total_frames": total_frames,
+        "total_tasks": len(tasks),
+        "chunks_size": CHUNK_SIZE,
+        "data_path": DATA_PATH,
+        "splits": {"train": f"0:{len(episodes)}"},
+        **extra,
+    }
+
+
 def write_metadata(
     root: str | os.PathLike,
     info: dict[str, Any],
