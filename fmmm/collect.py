@@ -25,13 +25,43 @@ from fmmm.utils.io import atomic_write_json
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(task: str, base_seed: int, staging: str, keep_failures: bool) -> None:
+class NoisyExpert:
+    """DART (Laskey et al. 2017): executes the expert's action plus Gaussian noise, labels the clean one.
+
+    The noise pushes the arm off the expert's own path, so the demonstrations also show how the
+    expert recovers from the states a learned policy drifts into; `label` is the expert's action
+    for the last observation, which is what the dataset records. The translation components get
+    noise of standard deviation `std` (actions are in [-1, 1]); rotation and gripper none.
+    """
+
+    def __init__(self, expert: Any, std: float):
+        self.expert, self.std = expert, std
+        self.rng = np.random.default_rng(0)
+        self.label: np.ndarray | None = None
+
+    def seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        self.expert.reset()
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        self.label = np.asarray(self.expert.act(observation), dtype=np.float32)
+        noisy = self.label.copy()
+        noisy[:3] += self.rng.normal(0.0, self.std, size=3)
+        return np.clip(noisy, -1.0, 1.0).astype(np.float32)
+
+
+def _init_worker(
+    task: str, base_seed: int, staging: str, keep_failures: bool, noise: float = 0.0
+) -> None:
     import fmmm.envs
     from fmmm.eval.rollout import limit_worker_threads
     from fmmm.policies.factory import load_policy
 
     limit_worker_threads()
     env = fmmm.envs.make_env(task)
+    expert = load_policy("scripted")(env)
     _worker.clear()
     _worker.update(
         task=task,
@@ -39,7 +69,7 @@ def _init_worker(task: str, base_seed: int, staging: str, keep_failures: bool) -
         staging=Path(staging),
         keep_failures=keep_failures,
         env=env,
-        expert=load_policy("scripted")(env),
+        expert=NoisyExpert(expert, noise) if noise else expert,
     )
 
 
@@ -61,7 +91,8 @@ def _attempt(index: int) -> dict[str, Any]:
         columns["observation.images.agentview"].append(observation["agentview"])
         columns["observation.images.wrist"].append(observation["wrist"])
         columns["observation.state"].append(np.asarray(observation["state"], dtype=np.float32))
-        columns["action"].append(action)
+        label = getattr(_worker["expert"], "label", None)
+        columns["action"].append(action if label is None else label)
         columns["next.success"].append(bool(info.get("is_success", False)))
 
     seed = episode_seed(task, base_seed, index, "train")
@@ -141,7 +172,9 @@ def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[
         mujoco_version=run["fingerprint"]["mujoco_version"],
         scene_sha256=run["fingerprint"]["scene_sha256"],
         env=run["fingerprint"],
-        collection={k: run[k] for k in ("task", "seed", "keep_failures", "policy")}
+        collection={
+            k: run[k] for k in ("task", "seed", "keep_failures", "policy", "noise") if k in run
+        }
         | {"seed_split": "train", "attempts": selected[-1]["attempt"] + 1},
     )
     robot.write_metadata(out, info, rows, tasks, robot.compute_stats(samples))
@@ -157,8 +190,13 @@ def collect(
     keep_failures: bool = False,
     max_attempts: int | None = None,
     progress: bool = True,
+    noise: float = 0.0,
 ) -> dict[str, Any]:
-    """Record `episodes` scripted demonstrations of `task` into dataset folder `out`; returns info."""
+    """Record `episodes` scripted demonstrations of `task` into dataset folder `out`; returns info.
+
+    `noise` > 0 executes the expert's actions with Gaussian noise of that standard deviation and
+    records the expert's clean actions (DART, see `NoisyExpert`).
+    """
     from tqdm import tqdm
 
     import fmmm.envs
@@ -172,9 +210,13 @@ def collect(
         raise ValueError(f"--workers must be positive, got {workers}")
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"--noise must be in [0, 1], got {noise}")
     max_attempts = max_attempts or 2 * episodes + 20
     out = Path(out)
     wanted = {"task": task, "seed": seed, "keep_failures": keep_failures, "policy": "scripted"}
+    if noise:
+        wanted["noise"] = noise
     if (out / "meta" / "info.json").exists():
         info = robot.RobotDataset(out).info
         done_run = {k: v for k, v in info.get("collection", {}).items() if k in wanted}
@@ -221,7 +263,7 @@ def collect(
         if not todo:
             kept = sum(s["kept"] for s in done.values())
             raise ValueError(f"the expert kept only {kept} of {max_attempts} attempts on {task!r}")
-        initargs = (task, seed, str(staging), keep_failures)
+        initargs = (task, seed, str(staging), keep_failures, noise)
         for summary in parallel_map(
             _attempt, todo, min(workers, len(todo)), _init_worker, initargs
         ):
@@ -246,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--keep-failures", action="store_true", help="keep failed attempts too")
     parser.add_argument("--max-attempts", type=int, default=None, help="default 2N + 20")
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="DART action noise std (clean actions recorded)"
+    )
     args = parser.parse_args(argv)
     try:
         info = collect(
@@ -256,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             args.keep_failures,
             args.max_attempts,
+            noise=args.noise,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,6 +5,8 @@ Each encoder is a standalone `nn.Module`:
 - `PatchEmbedding`: image / video patches and audio frames (..., F) -> (..., D).
 - `ActionEmbedding`: discretized actions (..., A) long in [0, bins) -> (..., A, D).
 - `StateEmbedding`: proprioceptive state (..., S) float -> (..., D).
+- `ConvStem`: a small convolutional stem (stride-2 3x3 convolutions with coordinate channels) from
+  patches (n_images * N, 3*p*p) -> (n_images * N, D), one token per patch cell.
 - `VisionTower`: a pretrained timm / open_clip ViT by name ("timm:vit_small_patch16_224",
   "open_clip:ViT-B-32") from patches (n_images * N, 3*p*p) -> (n_images * N, D).
 - `PooledProjection`: masked mean of tokens (B, L, D) -> L2-normalized (B, E) for contrastive use.
@@ -32,21 +34,42 @@ class TextEmbedding(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-    """Flattened patches or audio frames (..., F) float -> (..., D): a linear map, as in ViT."""
+    """Flattened patches or audio frames (..., F) float -> (..., D): a linear map, as in ViT.
 
-    def __init__(self, in_features: int, dim: int):
+    With `grid_tokens` > 0 the input is whole images of `grid_tokens` patches each, in raster
+    order (rows of consecutive images, (n_images * grid_tokens, F)), and a learned absolute
+    position embedding per grid cell is added, as in ViT. Rotary attention alone tells the
+    backbone how far apart two patches are, not where the patch it attends to lies; the absolute
+    embedding puts that location into the attended value (a policy reads an object's image
+    position from it).
+    """
+
+    def __init__(self, in_features: int, dim: int, grid_tokens: int = 0, init_std: float = 0.02):
         super().__init__()
-        if in_features <= 0 or dim <= 0:
-            raise ValueError(f"in_features and dim must be positive, got {in_features}, {dim}")
+        if in_features <= 0 or dim <= 0 or grid_tokens < 0:
+            raise ValueError(
+                f"in_features and dim must be positive and grid_tokens >= 0, got {in_features}, {dim}, {grid_tokens}"
+            )
         self.in_features = in_features
+        self.grid_tokens = grid_tokens
         self.proj = nn.Linear(in_features, dim)
+        self.pos_embed = (
+            nn.Parameter(torch.randn(grid_tokens, dim) * init_std) if grid_tokens else None
+        )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         if patches.shape[-1] != self.in_features:
             raise ValueError(
                 f"expected patches with {self.in_features} features, got {tuple(patches.shape)}"
             )
-        return self.proj(patches)
+        out = self.proj(patches)
+        if self.pos_embed is None:
+            return out
+        if patches.ndim != 2 or patches.shape[0] % self.grid_tokens:
+            raise ValueError(
+                f"expected (n_images * {self.grid_tokens}, {self.in_features}) patches, got {tuple(patches.shape)}"
+            )
+        return out + self.pos_embed.repeat(patches.shape[0] // self.grid_tokens, 1)
 
 
 class ActionEmbedding(nn.Module):
@@ -102,6 +125,104 @@ class PooledProjection(nn.Module):
             weights = mask.to(tokens.dtype)[..., None]  # (B, L, 1)
             pooled = (tokens * weights).sum(1) / weights.sum(1)
         return F.normalize(self.proj(pooled), dim=-1)
+
+
+def patches_to_images(patches: torch.Tensor, grid: int, patch_size: int) -> torch.Tensor:
+    """Tokenizer patches (n_images * grid**2, 3*p*p), each flattened (c, y, x), -> (n, 3, S, S)."""
+    per_image, p = grid**2, patch_size
+    if patches.ndim != 2 or patches.shape[0] % per_image or patches.shape[1] != 3 * p * p:
+        raise ValueError(
+            f"expected ({per_image}*n, {3 * p * p}) patches, got {tuple(patches.shape)}"
+        )
+    images = patches.reshape(-1, grid, grid, 3, p, p).permute(0, 3, 1, 4, 2, 5)
+    return images.reshape(-1, 3, grid * p, grid * p)
+
+
+class ConvStem(nn.Module):
+    """Convolutional image stem: one backbone token per patch cell, as an early-convolution ViT.
+
+    Xiao et al. 2021 ("Early convolutions help transformers see better") replace the ViT's
+    linear patchify with stride-2 3x3 convolutions; here a stride-1 convolution over the image
+    plus two coordinate channels (CoordConv, Liu et al. 2018) comes first, then log2(patch_size)
+    stride-2 convolutions reach the patch grid, and a 1x1 convolution projects to the backbone
+    width. Convolutions share their weights across the image, so a small object is recognized
+    wherever it lies from few examples (a linear patch embedding must learn each location apart),
+    and the coordinate channels let each token say where inside its cell the object is. A learned
+    absolute position embedding per cell is added, as in `PatchEmbedding`. With `film`, a
+    conditioning vector per image (the model passes the mean embedding of the sample's prefix text,
+    i.e. the instruction) modulates every convolution, so the stem can single out what the
+    instruction names before the backbone sees the image.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        image_size: int,
+        patch_size: int,
+        channels: int = 32,
+        init_std: float = 0.02,
+        film: bool = False,
+    ):
+        super().__init__()
+        if patch_size < 2 or patch_size & (patch_size - 1):
+            raise ValueError(
+                f"the conv stem needs a power-of-two patch_size >= 2, got {patch_size}"
+            )
+        if image_size % patch_size:
+            raise ValueError(
+                f"image_size {image_size} is not a multiple of patch_size {patch_size}"
+            )
+        self.image_size, self.patch_size = image_size, patch_size
+        self.grid = image_size // patch_size
+        self.in_features = 3 * patch_size * patch_size
+        convs = [nn.Conv2d(5, channels, 3, padding=1)]
+        width = channels
+        for _ in range(patch_size.bit_length() - 1):
+            out = min(2 * width, 4 * channels)
+            convs.append(nn.Conv2d(width, out, 3, stride=2, padding=1))
+            width = out
+        self.convs = nn.ModuleList(convs)
+        self.out = nn.Conv2d(width, dim, 1)
+        # FiLM (Perez et al. 2018; RT-1's language-conditioned image tokenizer): a conditioning
+        # vector scales and shifts every convolution's channels. Zero-initialized: identity until
+        # trained, and for images without a condition.
+        self.film = (
+            nn.ModuleList(nn.Linear(dim, 2 * conv.out_channels) for conv in convs) if film else None
+        )
+        if self.film is not None:
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        axis = torch.linspace(-1.0, 1.0, image_size)
+        coords = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))  # (2, S, S): y, x
+        self.register_buffer("coords", coords, persistent=False)
+        self.pos_embed = nn.Parameter(torch.randn(self.grid**2, dim) * init_std)
+
+    def forward(self, patches: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_images * N, 3*p*p) -> (n_images * N, D); `condition` (n_images, D) drives FiLM."""
+        images = patches_to_images(patches, self.grid, self.patch_size)
+        if condition is not None and (
+            self.film is None or condition.shape != (images.shape[0], self.pos_embed.shape[1])
+        ):
+            raise ValueError(
+                f"condition must be (n_images={images.shape[0]}, {self.pos_embed.shape[1]}) for a FiLM stem, "
+                f"got {tuple(condition.shape)}"
+                + ("" if self.film is not None else " (film is off)")
+            )
+        if condition is not None:
+            # Unit RMS: raw token embeddings are ~init_std small, and FiLM would learn as slowly.
+            condition = F.rms_norm(condition, (condition.shape[-1],), eps=1e-6)
+        coords = self.coords.to(images.dtype).expand(images.shape[0], -1, -1, -1)
+        h = torch.cat([images, coords], dim=1)
+        for index, conv in enumerate(self.convs):
+            h = conv(h)
+            if condition is not None:
+                scale, shift = self.film[index](condition)[:, :, None, None].chunk(2, dim=1)
+                h = h * (1 + scale) + shift
+            h = F.gelu(h)
+        tokens = self.out(h)  # (n, D, g, g)
+        tokens = tokens.flatten(2).transpose(1, 2) + self.pos_embed  # (n, g*g, D) raster order
+        return tokens.reshape(-1, tokens.shape[-1])
 
 
 class VisionTower(nn.Module):
@@ -160,13 +281,7 @@ class VisionTower(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """(n_images * N, 3*p*p) -> (n_images * N, D)."""
-        per_image, p, g = self.grid**2, self.patch_size, self.grid
-        if patches.ndim != 2 or patches.shape[0] % per_image or patches.shape[1] != 3 * p * p:
-            raise ValueError(
-                f"expected ({per_image}*n, {3 * p * p}) patches, got {tuple(patches.shape)}"
-            )
-        images = patches.reshape(-1, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5)
-        images = images.reshape(-1, 3, g * p, g * p)  # (n, 3, S, S)
+        images = patches_to_images(patches, self.grid, self.patch_size)
         if self.library == "timm":
             tokens = self.tower.forward_features(images)[:, self.prefix_tokens :]
         else:

@@ -29,6 +29,7 @@ from torch import nn
 
 from fmmm.models.backbone import KVCache, Transformer, TransformerConfig
 from fmmm.models.encoders import (
+    ConvStem,
     PatchEmbedding,
     PooledProjection,
     StateEmbedding,
@@ -59,8 +60,16 @@ class MultimodalConfig:
     embed_dim: int = 256  # width of the pooled contrastive embeddings
     z_loss_weight: float = 0.0  # weight of mean(logsumexp(logits)^2) (Chameleon / PaLM z-loss)
     tie_embeddings: bool = False
-    vision_tower: str = ""  # "" patch embedding; or "timm:<name>" / "open_clip:<name>"
+    # "": linear patch embedding (ViT); "conv": convolutional stem (ConvStem); or a pretrained
+    # tower "timm:<name>" / "open_clip:<name>".
+    vision_tower: str = ""
+    # With vision_tower "conv": FiLM-condition the stem on the mean embedding of each sample's
+    # prefix text (the instruction), as RT-1's language-conditioned image tokenizer.
+    vision_film: bool = False
     vision_tower_weights: str = ""  # "", "pretrained" or a checkpoint path (see VisionTower)
+    # Learned absolute position embedding per image patch (ViT); models saved before it existed
+    # load with False.
+    image_pos_embed: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
@@ -110,12 +119,25 @@ class MultimodalModel(nn.Module):
             "video": PatchEmbedding(config.video_tubelet * 3 * patch * patch, dim),
             "audio": PatchEmbedding(config.audio_features, dim),
         }
-        if config.vision_tower:
+        if config.vision_film and config.vision_tower != "conv":
+            raise ValueError("vision_film needs vision_tower='conv'")
+        if config.vision_tower == "conv":
+            encoders["image"] = ConvStem(
+                dim,
+                config.image_size,
+                patch,
+                init_std=config.backbone.init_std,
+                film=config.vision_film,
+            )
+        elif config.vision_tower:
             encoders["image"] = VisionTower(
                 config.vision_tower, dim, config.image_size, patch, config.vision_tower_weights
             )
         else:
-            encoders["image"] = PatchEmbedding(3 * patch * patch, dim)
+            grid = (config.image_size // patch) ** 2 if config.image_pos_embed else 0
+            encoders["image"] = PatchEmbedding(
+                3 * patch * patch, dim, grid, config.backbone.init_std
+            )
         if config.state_dim:
             encoders["state"] = StateEmbedding(config.state_dim, dim)
         self.encoders = nn.ModuleDict(encoders)
@@ -143,7 +165,8 @@ class MultimodalModel(nn.Module):
             )
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size})")
-        x = self.embed(ids) + self.modality_embed(modality)  # (B, L, D)
+        tokens = self.embed(ids)
+        x = tokens + self.modality_embed(modality)  # (B, L, D)
         for name, features in batch.features.items():
             if name not in self.encoders:
                 raise ValueError(f"batch has {name!r} features but the model has no {name} encoder")
@@ -154,9 +177,38 @@ class MultimodalModel(nn.Module):
                 )
             if not torch.isfinite(features).all():
                 raise ValueError(f"features[{name!r}] contains NaN or inf")
-            encoded = self.encoders[name](features.to(x.dtype))  # (N_m, D)
+            if name == "image" and self.config.vision_film:
+                condition = self._prefix_text_mean(batch, tokens)[self._image_rows(batch, where)]
+                encoded = self.encoders[name](features.to(x.dtype), condition.to(x.dtype))
+            else:
+                encoded = self.encoders[name](features.to(x.dtype))  # (N_m, D)
             x = x.index_put(where, x[where] + encoded)
         return x
+
+    @staticmethod
+    def _sample_keys(batch: Any) -> torch.Tensor:
+        """(B, L) index of each position's (row, sample) pair; samples packed in a row differ."""
+        per_row = int(batch.sample_ids.max()) + 1 if batch.sample_ids.numel() else 1
+        rows = torch.arange(batch.sample_ids.shape[0], device=batch.sample_ids.device)
+        return rows[:, None] * per_row + batch.sample_ids
+
+    def _prefix_text_mean(self, batch: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """(B * samples_per_row, D) mean token embedding of each sample's prefix text (0 if none)."""
+        keys = self._sample_keys(batch).flatten()
+        text = (batch.modality == int(Modality.TEXT)) & batch.prefix & (batch.sample_ids > 0)
+        weights = text.flatten().to(tokens.dtype)
+        size = int(keys.max()) + 1
+        sums = tokens.new_zeros(size, tokens.shape[-1]).index_add_(
+            0, keys, tokens.flatten(0, 1) * weights[:, None]
+        )
+        counts = tokens.new_zeros(size).index_add_(0, keys, weights)
+        return sums / counts.clamp_min(1.0)[:, None]
+
+    def _image_rows(self, batch: Any, where: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(n_images,) sample key of each image, from the positions of its patches."""
+        per_image = (self.config.image_size // self.config.patch_size) ** 2
+        first = (where[0][::per_image], where[1][::per_image])
+        return self._sample_keys(batch)[first]
 
     @staticmethod
     def _mask(batch: Any) -> torch.Tensor | None:
@@ -270,6 +322,7 @@ class MultimodalModel(nn.Module):
         if raw.pop("model", None) != "MultimodalModel":
             raise ValueError(f"{directory / CONFIG_FILE} does not describe a MultimodalModel")
         raw["vision_tower_weights"] = ""
+        raw.setdefault("image_pos_embed", False)
         model = cls(MultimodalConfig(**raw))
         state = load_file(directory / WEIGHTS_FILE, device=str(device))
         if model.config.tie_embeddings:

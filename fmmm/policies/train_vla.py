@@ -33,14 +33,19 @@ INITS = ("scratch", "pretrained", "pretrained_shape")
 class DataConfig:
     """Where the demonstrations are, and how to collect them when they are not there yet."""
 
-    dataset: str = ""  # dataset folder; "" means runs/demos/<task>_<episodes>_seed<seed>
+    dataset: str = ""  # dataset folder; "" means runs/demos/<task>_<episodes>_seed<seed>[_noise<n>]
     episodes: int = 200
     seed: int = 0  # base seed of the training episode stream (disjoint from evaluation seeds)
     workers: int = 2  # parallel collection processes
+    # DART: execute the expert's actions with Gaussian noise of this std, record the clean ones,
+    # so the demonstrations show recoveries from the states a learned policy drifts into.
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"data.episodes must be >= 1, got {self.episodes}")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"data.noise must be in [0, 1], got {self.noise}")
         if self.seed < 0 or self.workers < 1:
             raise ValueError("data.seed must be >= 0 and data.workers >= 1")
 
@@ -65,6 +70,8 @@ class ModelConfig:
     action_bins: int = 256
     image_size: int = 32
     patch_size: int = 8
+    vision_tower: str = ""  # "" linear patches, "conv" convolutional stem, or "timm:<name>"
+    vision_film: bool = False  # conv stem FiLM-conditioned on the instruction (RT-1)
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -206,7 +213,8 @@ def dataset_dir(cfg: VLARunConfig) -> Path:
     """The demonstrations folder a run reads (collected there when missing)."""
     if cfg.data.dataset:
         return Path(cfg.data.dataset)
-    return Path("runs/demos") / f"{cfg.task}_{cfg.data.episodes}_seed{cfg.data.seed}"
+    noise = f"_noise{cfg.data.noise:g}" if cfg.data.noise else ""
+    return Path("runs/demos") / f"{cfg.task}_{cfg.data.episodes}_seed{cfg.data.seed}{noise}"
 
 
 def find_or_collect(cfg: VLARunConfig) -> Any:
@@ -216,7 +224,14 @@ def find_or_collect(cfg: VLARunConfig) -> Any:
 
     root = dataset_dir(cfg)
     if not (root / "meta" / "info.json").is_file():
-        collect(cfg.task, cfg.data.episodes, root, seed=cfg.data.seed, workers=cfg.data.workers)
+        collect(
+            cfg.task,
+            cfg.data.episodes,
+            root,
+            seed=cfg.data.seed,
+            workers=cfg.data.workers,
+            noise=cfg.data.noise,
+        )
     dataset = RobotDataset(root)
     if dataset.num_episodes == 0:
         raise ValueError(f"dataset {root} holds no episodes")
@@ -295,6 +310,8 @@ def build_vla(cfg: VLARunConfig, dataset: Any) -> tuple[VLA, dict[str, Any]]:
             action_bins=m.action_bins,
             image_size=m.image_size,
             patch_size=m.patch_size,
+            vision_tower=m.vision_tower,
+            vision_film=m.vision_film,
             state_dim=state_dim if cfg.policy.use_state else 0,
         )
         model = MultimodalModel(config)

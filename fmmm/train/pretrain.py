@@ -129,7 +129,7 @@ class PretrainModule(nn.Module):
         self.contrastive = nn.ModuleDict(
             {m: ContrastiveLoss(cfg.contrastive_kind) for m in modalities}
         )
-        patch_features = model.encoders["image"].proj.in_features if cfg.masked else 0
+        patch_features = 3 * model.config.patch_size**2 if cfg.masked else 0
         self.masked = (
             MaskedPatchLoss(model.config.backbone.dim, patch_features) if cfg.masked else None
         )

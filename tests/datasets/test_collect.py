@@ -139,3 +139,46 @@ def test_the_dataset_is_the_first_kept_attempts_in_order_whatever_finished_first
     del done[2]  # attempt 2 still running: attempts 3 and 4 cannot be chosen yet
     assert _selected(done, 3) is None
     assert _selected(done, 1) == [attempt(0, True)]
+
+
+def test_noisy_expert_executes_noisy_actions_and_labels_the_clean_one():
+    from fmmm.collect import NoisyExpert
+
+    clean = np.array([0.1, 0.2, -0.3, 0.05, 0.0, 0.0, -1.0], dtype=np.float32)
+
+    class Fixed:
+        def reset(self) -> None:
+            pass
+
+        def act(self, observation):
+            return clean
+
+    noisy = NoisyExpert(Fixed(), std=0.3)
+    noisy.seed(1)
+    executed = noisy.act({})
+    np.testing.assert_array_equal(noisy.label, clean)
+    assert not np.allclose(executed[:3], clean[:3])
+    np.testing.assert_array_equal(executed[3:], clean[3:])  # rotation and gripper untouched
+    assert np.all(np.abs(executed) <= 1)
+    noisy.seed(1)
+    np.testing.assert_array_equal(noisy.act({}), executed)
+
+
+def test_dart_collection_records_clean_labels_from_perturbed_states(tmp_path):
+    from fmmm.collect import collect
+
+    collect("reach", 2, tmp_path / "plain", workers=1, progress=False)
+    plain = RobotDataset(tmp_path / "plain")
+    noisy_info = collect("reach", 2, tmp_path / "noisy", workers=1, progress=False, noise=0.5)
+    noisy = RobotDataset(tmp_path / "noisy")
+    assert noisy_info["collection"]["noise"] == 0.5 and "noise" not in plain.info["collection"]
+    first_plain, first_noisy = plain.episode(0), noisy.episode(0)
+    # same scene and first state; the first label is the expert's clean action in both
+    np.testing.assert_array_equal(
+        first_plain["observation.state"][0], first_noisy["observation.state"][0]
+    )
+    np.testing.assert_allclose(first_plain["action"][0], first_noisy["action"][0], atol=1e-6)
+    # the executed action was perturbed, so the arm is elsewhere one step later
+    assert not np.allclose(first_plain["observation.state"][1], first_noisy["observation.state"][1])
+    with pytest.raises(ValueError, match="noise"):
+        collect("reach", 1, tmp_path / "bad", workers=1, progress=False, noise=2.0)

@@ -5,6 +5,7 @@ import torch
 
 from fmmm.models.encoders import (
     ActionEmbedding,
+    ConvStem,
     PatchEmbedding,
     PooledProjection,
     StateEmbedding,
@@ -74,3 +75,53 @@ def test_vision_tower_by_name_encodes_tokenizer_patches(name, image_size, patch)
 def test_vision_tower_patch_size_mismatch_raises():
     with pytest.raises(ValueError, match="patch size"):
         VisionTower("timm:vit_tiny_patch16_224", 8, 32, 8)
+
+
+def test_patch_embedding_position_embedding_tells_grid_cells_apart():
+    torch.manual_seed(0)
+    patches = torch.randn(1, 12).repeat(8, 1)  # two images of four identical patches
+    plain = PatchEmbedding(12, 8)(patches)
+    torch.testing.assert_close(plain[0], plain[1])
+    out = PatchEmbedding(12, 8, grid_tokens=4)(patches)
+    torch.testing.assert_close(out[0], out[4])  # same cell, next image
+    assert not torch.allclose(out[0], out[1])  # next cell, same patch
+    with pytest.raises(ValueError, match=r"n_images \* 4"):
+        PatchEmbedding(12, 8, grid_tokens=4)(patches[:6])
+
+
+def _stem_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(n, 3, S, S) float images -> tokenizer-layout patches (n * N, 3*p*p)."""
+    n, _, size, _ = images.shape
+    grid = size // patch
+    cells = images.reshape(n, 3, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5)
+    return cells.reshape(n * grid * grid, 3 * patch * patch)
+
+
+def test_conv_stem_token_changes_only_near_what_changed_in_the_image():
+    torch.manual_seed(0)
+    stem = ConvStem(dim=16, image_size=16, patch_size=4).eval()
+    blank = torch.zeros(1, 3, 16, 16)
+    blob = blank.clone()
+    blob[:, 0, 0:3, 0:3] = 3.0  # a red object in the top-left cell
+    with torch.no_grad():
+        diff = (stem(_stem_patches(blob, 4)) - stem(_stem_patches(blank, 4))).abs().sum(-1)
+    assert diff.shape == (16,) and diff.argmax() == 0
+    assert diff[15] == 0  # the bottom-right cell's receptive field does not reach the object
+
+
+def test_conv_stem_film_is_identity_at_init_and_conditions_once_trained():
+    torch.manual_seed(0)
+    stem = ConvStem(dim=8, image_size=8, patch_size=2, film=True).eval()
+    patches = _stem_patches(torch.randn(2, 3, 8, 8), 2)
+    red, blue = torch.randn(2, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(stem(patches, red), stem(patches))
+        for layer in stem.film:
+            layer.weight.normal_()
+        assert not torch.allclose(stem(patches, red), stem(patches, blue))
+    with pytest.raises(ValueError, match="n_images=2"):
+        stem(patches, red[:1])
+    with pytest.raises(ValueError, match="film is off"):
+        ConvStem(dim=8, image_size=8, patch_size=2)(patches, red)
+    with pytest.raises(ValueError, match="power-of-two"):
+        ConvStem(dim=8, image_size=12, patch_size=6)

@@ -176,3 +176,62 @@ def test_moe_model_adds_balance_loss_to_total_loss(builder):
     assert out["moe_aux_loss"] > 0
     torch.testing.assert_close(out["loss"], out["ce_loss"] + out["aux_loss"])
     assert model(batch)["aux_loss"] == 0
+
+
+def _image_embeddings(model, builder, samples) -> torch.Tensor:
+    """Embeddings at the image positions of a one-row batch of `samples`."""
+    from fmmm.tokenizers.sequence import Modality
+
+    batch = builder.build(samples, context_length=128)
+    with torch.no_grad():
+        x = model.embed_batch(batch)
+    return x[batch.modality == int(Modality.IMAGE)]
+
+
+def test_film_conv_stem_sees_each_samples_own_instruction(builder):
+    model = _model(builder, vision_tower="conv", vision_film=True)
+    with torch.no_grad():
+        for layer in model.encoders["image"].film:
+            layer.weight.normal_()
+    state = torch.zeros(5)
+    red = builder.vla_sample([_image(0)], state, "reach the red cube")
+    blue = builder.vla_sample([_image(0)], state, "reach the blue cylinder")
+    other = builder.vla_sample([_image(1)], state, "open the drawer")
+    assert not torch.allclose(
+        _image_embeddings(model, builder, [red]), _image_embeddings(model, builder, [blue])
+    )
+    # packed behind another sample, the image is still conditioned on its own instruction only
+    packed = _image_embeddings(model, builder, [other, red])
+    alone = _image_embeddings(model, builder, [red])
+    torch.testing.assert_close(packed[-4:], alone, rtol=1e-3, atol=1e-3)
+    assert (packed[:4] - _image_embeddings(model, builder, [other])).abs().max() < 1e-3
+    plain = _model(builder, vision_tower="conv")
+    torch.testing.assert_close(
+        _image_embeddings(plain, builder, [red]), _image_embeddings(plain, builder, [blue])
+    )
+    with pytest.raises(ValueError, match="vision_tower='conv'"):
+        _model(builder, vision_film=True)
+
+
+def test_conv_film_model_reloads_and_older_configs_load_without_position_embedding(
+    builder, tmp_path
+):
+    import json
+
+    batch = builder.build([_vla(builder, 5)], context_length=64)
+    model = _model(builder, vision_tower="conv", vision_film=True)
+    model.save_pretrained(tmp_path / "conv")
+    loaded = MultimodalModel.from_pretrained(tmp_path / "conv").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch)["logits"], model(batch)["logits"], rtol=0, atol=0)
+    # a model saved before image position embeddings existed has no image_pos_embed key
+    old = _model(builder, image_pos_embed=False)
+    old.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    raw = json.loads(config_file.read_text())
+    del raw["image_pos_embed"]
+    config_file.write_text(json.dumps(raw))
+    reloaded = MultimodalModel.from_pretrained(tmp_path / "old").eval()
+    assert reloaded.config.image_pos_embed is False
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(batch)["logits"], old(batch)["logits"], rtol=0, atol=0)
