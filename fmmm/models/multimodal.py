@@ -66,6 +66,7 @@ class MultimodalConfig:
     # With vision_tower "conv": FiLM-condition the stem on the mean embedding of each sample's
     # prefix text (the instruction), as RT-1's language-conditioned image tokenizer.
     vision_film: bool = False
+    conv_channels: int = 32  # width of the conv stem's first convolution (doubles per stride)
     vision_tower_weights: str = ""  # "", "pretrained" or a checkpoint path (see VisionTower)
     # Learned absolute position embedding per image patch (ViT); models saved before it existed
     # load with False.
@@ -81,6 +82,7 @@ class MultimodalConfig:
             "video_tubelet",
             "audio_features",
             "embed_dim",
+            "conv_channels",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -126,6 +128,7 @@ class MultimodalModel(nn.Module):
                 dim,
                 config.image_size,
                 patch,
+                channels=config.conv_channels,
                 init_std=config.backbone.init_std,
                 film=config.vision_film,
             )

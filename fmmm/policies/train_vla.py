@@ -72,6 +72,7 @@ class ModelConfig:
     patch_size: int = 8
     vision_tower: str = ""  # "" linear patches, "conv" convolutional stem, or "timm:<name>"
     vision_film: bool = False  # conv stem FiLM-conditioned on the instruction (RT-1)
+    conv_channels: int = 32  # conv stem width
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -312,6 +313,7 @@ def build_vla(cfg: VLARunConfig, dataset: Any) -> tuple[VLA, dict[str, Any]]:
             patch_size=m.patch_size,
             vision_tower=m.vision_tower,
             vision_film=m.vision_film,
+            conv_channels=m.conv_channels,
             state_dim=state_dim if cfg.policy.use_state else 0,
         )
         model = MultimodalModel(config)
