@@ -60,6 +60,7 @@ class ModelConfig:
     pretrained: str = ""  # folder written by MultimodalModel.save_pretrained
     if_missing: str = "error"  # pretrained folder absent: error | scratch | pretrain
     pretrain_config: str = ""  # with if_missing=pretrain: the pretraining config to run first
+    pretrain_overrides: list[str] = field(default_factory=list)  # "key=value" for that config
     # Shape of a model built from scratch (ignored when a pretrained model is loaded).
     preset: str = "debug"
     dim: int = 128
@@ -266,7 +267,7 @@ def pretrained_dir(cfg: ModelConfig) -> Path | None:
     if cfg.if_missing == "pretrain":
         from fmmm.train.runners import run
 
-        run(cfg.pretrain_config, [])
+        run(cfg.pretrain_config, list(cfg.pretrain_overrides))
         if (path / "config.json").is_file():
             return path
         raise ValueError(f"pretraining {cfg.pretrain_config} did not write a model to {path}")

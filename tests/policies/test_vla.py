@@ -8,7 +8,7 @@ from fmmm.policies.lora import LoRAConfig, add_lora, count_parameters
 from fmmm.policies.vla import VLA, VLAConfig, VLAPolicy, load_vla
 from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
 from fmmm.tokenizers.image import ImageTokenizer
-from fmmm.tokenizers.sequence import SequenceBuilder
+from fmmm.tokenizers.sequence import Modality, SequenceBuilder
 from fmmm.tokenizers.text import default_text_tokenizer
 
 STATE_DIM = 14
@@ -199,9 +199,19 @@ def test_patch_normalizer_standardizes_and_round_trips_with_the_policy(tmp_path)
         loaded.predict_chunk(observation()), vla.predict_chunk(observation())
     )
     plain = make_vla()
-    assert not np.array_equal(
-        plain.predict_chunk(observation(3)), vla.predict_chunk(observation(3))
-    )
+
+    def image_features(policy: VLA) -> torch.Tensor:
+        segments = policy.prefix_segments(observation(3))
+        return next(s.features for s in segments if s.modality == Modality.IMAGE)
+
+    normalized = image_features(loaded)
+    assert not torch.allclose(image_features(plain), normalized)
+    torch.testing.assert_close(normalized, image_features(vla))
+    with torch.no_grad():
+        batch = plain.builder.build([plain.prefix_segments(observation(3))], 64, pack=False)
+        plain_logits = plain.model(batch)["logits"]
+        batch = vla.builder.build([vla.prefix_segments(observation(3))], 64, pack=False)
+        assert not torch.allclose(plain_logits, vla.model(batch)["logits"])
 
 
 def test_training_noise_perturbs_features_only_in_training_mode():
