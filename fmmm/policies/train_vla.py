@@ -381,6 +381,45 @@ def adapt(vla: VLA, cfg: AdaptationConfig) -> None:
         vla.model = add_lora(vla.model, cfg.lora)
 
 
+def check_resumable(cfg: VLARunConfig, out_dir: Path) -> None:
+    """Refuse an out_dir whose checkpoints belong to a run with another config.
+
+    The trainer resumes from the newest checkpoint in out_dir/ckpt; one written under other
+    settings (a changed model, data or step count) would be resumed as if it were this run's.
+    """
+    from fmmm.config import read_yaml
+    from fmmm.train import checkpoint as ckpt
+
+    saved = out_dir / "config.yaml"
+    if not saved.is_file() or not ckpt.list_checkpoints(out_dir / "ckpt"):
+        return
+    from omegaconf import OmegaConf
+
+    before = OmegaConf.to_container(read_yaml(saved), resolve=True)
+    now = config_to_dict(cfg)
+    flat_before = _flatten(before)
+    flat_now = _flatten(now)
+    differ = sorted(
+        k for k in flat_before.keys() | flat_now.keys() if flat_before.get(k) != flat_now.get(k)
+    )
+    if differ:
+        raise ValueError(
+            f"{out_dir} holds checkpoints of a run with another config ({', '.join(differ[:5])} differ); "
+            "use another out_dir or delete that one"
+        )
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(
+            _flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
+        )
+    return flat
+
+
 def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
     """Run the whole recipe; returns the summary also written to out_dir/summary.json."""
     from fmmm.eval.rollout import evaluate
@@ -391,6 +430,7 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     out_dir = Path(cfg.out_dir)
+    check_resumable(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     timings: dict[str, float] = {}

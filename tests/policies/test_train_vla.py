@@ -121,3 +121,13 @@ def test_vla_run_trains_saves_evaluates_and_summarizes_with_lora(tmp_path, reach
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((run / "policy.json").read_text())["type"] == "vla"
     assert (run / "eval" / "results.json").is_file()
+
+
+def test_rerun_with_another_config_refuses_the_old_checkpoints(tmp_path, reach_demos):
+    first = train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0"))
+    assert list((tmp_path / "run" / "ckpt").glob("step_*"))
+    # the same config again resumes the finished run
+    again = train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0"))
+    assert again["steps"] == first["steps"] == 3 and again["status"] == "completed"
+    with pytest.raises(ValueError, match=r"another config \(train\.steps differ\)"):
+        train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0", "train.steps=4"))
