@@ -174,7 +174,6 @@ class ConvStem(nn.Module):
             )
         self.image_size, self.patch_size = image_size, patch_size
         self.grid = image_size // patch_size
-        self.in_features = 3 * patch_size * patch_size
         convs = [nn.Conv2d(5, channels, 3, padding=1)]
         width = channels
         for _ in range(patch_size.bit_length() - 1):

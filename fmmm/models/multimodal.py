@@ -92,6 +92,8 @@ class MultimodalConfig:
             raise ValueError(
                 f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
             )
+        if self.vision_film and self.vision_tower != "conv":
+            raise ValueError("vision_film needs vision_tower='conv'")
         if self.z_loss_weight < 0:
             raise ValueError(f"z_loss_weight must be >= 0, got {self.z_loss_weight}")
 
@@ -121,8 +123,6 @@ class MultimodalModel(nn.Module):
             "video": PatchEmbedding(config.video_tubelet * 3 * patch * patch, dim),
             "audio": PatchEmbedding(config.audio_features, dim),
         }
-        if config.vision_film and config.vision_tower != "conv":
-            raise ValueError("vision_film needs vision_tower='conv'")
         if config.vision_tower == "conv":
             encoders["image"] = ConvStem(
                 dim,
@@ -181,37 +181,33 @@ class MultimodalModel(nn.Module):
             if not torch.isfinite(features).all():
                 raise ValueError(f"features[{name!r}] contains NaN or inf")
             if name == "image" and self.config.vision_film:
-                condition = self._prefix_text_mean(batch, tokens)[self._image_rows(batch, where)]
+                condition = self._image_condition(batch, tokens, where)
                 encoded = self.encoders[name](features.to(x.dtype), condition.to(x.dtype))
             else:
                 encoded = self.encoders[name](features.to(x.dtype))  # (N_m, D)
             x = x.index_put(where, x[where] + encoded)
         return x
 
-    @staticmethod
-    def _sample_keys(batch: Any) -> torch.Tensor:
-        """(B, L) index of each position's (row, sample) pair; samples packed in a row differ."""
-        per_row = int(batch.sample_ids.max()) + 1 if batch.sample_ids.numel() else 1
-        rows = torch.arange(batch.sample_ids.shape[0], device=batch.sample_ids.device)
-        return rows[:, None] * per_row + batch.sample_ids
-
-    def _prefix_text_mean(self, batch: Any, tokens: torch.Tensor) -> torch.Tensor:
-        """(B * samples_per_row, D) mean token embedding of each sample's prefix text (0 if none)."""
-        keys = self._sample_keys(batch).flatten()
-        text = (batch.modality == int(Modality.TEXT)) & batch.prefix & (batch.sample_ids > 0)
+    def _image_condition(
+        self, batch: Any, tokens: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """(n_images, D) FiLM condition of each image: the mean token embedding of its own
+        sample's prefix text (zeros when it has none); packed samples never see each other's."""
+        sample_ids = batch.sample_ids
+        per_row = int(sample_ids.max()) + 1 if sample_ids.numel() else 1
+        rows = torch.arange(sample_ids.shape[0], device=sample_ids.device)
+        keys = rows[:, None] * per_row + sample_ids  # (B, L): one key per (row, sample)
+        text = (batch.modality == int(Modality.TEXT)) & batch.prefix & (sample_ids > 0)
         weights = text.flatten().to(tokens.dtype)
-        size = int(keys.max()) + 1
+        size = sample_ids.shape[0] * per_row
         sums = tokens.new_zeros(size, tokens.shape[-1]).index_add_(
-            0, keys, tokens.flatten(0, 1) * weights[:, None]
+            0, keys.flatten(), tokens.flatten(0, 1) * weights[:, None]
         )
-        counts = tokens.new_zeros(size).index_add_(0, keys, weights)
-        return sums / counts.clamp_min(1.0)[:, None]
-
-    def _image_rows(self, batch: Any, where: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """(n_images,) sample key of each image, from the positions of its patches."""
+        counts = tokens.new_zeros(size).index_add_(0, keys.flatten(), weights)
+        means = sums / counts.clamp_min(1.0)[:, None]
         per_image = (self.config.image_size // self.config.patch_size) ** 2
-        first = (where[0][::per_image], where[1][::per_image])
-        return self._sample_keys(batch)[first]
+        first = (where[0][::per_image], where[1][::per_image])  # each image's first patch
+        return means[keys[first]]
 
     @staticmethod
     def _mask(batch: Any) -> torch.Tensor | None:

@@ -84,6 +84,8 @@ class ModelConfig:
             )
         if self.init != "scratch" and not self.pretrained:
             raise ValueError(f"model.init={self.init} needs model.pretrained (a model folder)")
+        if self.vision_film and self.vision_tower != "conv":
+            raise ValueError("model.vision_film needs model.vision_tower=conv")
         if self.if_missing == "pretrain" and not self.pretrain_config:
             raise ValueError("model.if_missing=pretrain needs model.pretrain_config")
 

@@ -50,6 +50,7 @@ def test_every_vla_config_loads():
         ("policy.chunk=0", "chunk"),
         ("data.episodes=0", "data.episodes"),
         ("kind=sft", "kind"),
+        ("model.vision_tower=timm:vit_tiny_patch16_224", "model.vision_film"),
     ],
 )
 def test_bad_vla_config_values_raise_config_errors_naming_the_key(override, key):
