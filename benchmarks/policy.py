@@ -26,7 +26,7 @@ def quickstart_vla(chunk: int):
     from fmmm.config import load_config
     from fmmm.models.backbone import preset
     from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
-    from fmmm.policies.train_vla import VLARunConfig
+    from fmmm.train.vla import VLARunConfig
     from fmmm.policies.vla import VLA, VLAConfig
     from fmmm.resources import data_dir
     from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer

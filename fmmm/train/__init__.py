@@ -2,6 +2,6 @@
 
 trainer.py (the reusable `Trainer`), checkpoint.py, spike.py, optim.py, metrics.py, data.py
 (deterministic mixture streams, random access to shards), samples.py (samples -> batches),
-pretrain.py (the `pretrain` kind), runners.py (the kind registry). Submodules import torch;
+recipes (pretrain.py, vla.py, posttrain.py: one module per `kind`), runners.py (kind -> recipe). Submodules import torch;
 this package file does not.
 """

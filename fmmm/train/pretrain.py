@@ -20,7 +20,6 @@ from torch import nn
 
 from fmmm.corpus.build import CorpusConfig
 from fmmm.models.multimodal import MultimodalConfig
-from fmmm.train.runners import RUNNERS
 from fmmm.train.samples import KINDS, MEDIA, PretrainBatch, SampleDecoder
 from fmmm.train.trainer import TrainerConfig
 
@@ -333,7 +332,6 @@ class HeldoutEvaluator:
         return metrics
 
 
-@RUNNERS.register("pretrain")
 def run(config_path: str, overrides: list[str]) -> Any:
     """Pretrain the multimodal backbone described by a `PretrainConfig` YAML."""
     from fmmm.config import load_config, save_config

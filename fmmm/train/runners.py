@@ -1,22 +1,25 @@
 """Run kinds for `python -m fmmm.train`: the config's top-level `kind` picks a runner by name.
 
-A runner is `run(config_path, overrides) -> TrainResult`; it loads its own typed config (which must
-accept the `kind` key), builds the module and data, and calls `Trainer.train()`. Modules register
-with `@RUNNERS.register("<kind>")` and are imported only when their kind is asked for.
+Each kind is a recipe module in this package with a `run(config_path, overrides)` function; it
+loads its own typed config (which must accept the `kind` key), builds the module and data, and calls
+`Trainer.train()`. A recipe module is imported only when its kind is asked for, and never imports
+this file back.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fmmm.config import ConfigError, read_yaml
-from fmmm.registry import Registry
+import importlib
 
-RUNNERS = Registry("training run kind")
-RUNNERS.lazy("pretrain", "fmmm.train.pretrain")
-RUNNERS.lazy("vla", "fmmm.policies.train_vla")
-RUNNERS.lazy("sft", "fmmm.policies.posttrain")
-RUNNERS.lazy("dpo", "fmmm.policies.posttrain")
+from fmmm.config import ConfigError, read_yaml
+
+RECIPES = {
+    "pretrain": "fmmm.train.pretrain",
+    "vla": "fmmm.train.vla",
+    "sft": "fmmm.train.posttrain",
+    "dpo": "fmmm.train.posttrain",
+}
 
 DEFAULT_KIND = "pretrain"
 
@@ -29,8 +32,8 @@ def config_kind(path: str | Path, overrides: list[str]) -> str:
     for item in overrides:
         if item.startswith("kind="):
             kind = item.split("=", 1)[1]
-    if not isinstance(kind, str) or kind not in RUNNERS:
-        raise ConfigError(f"{path}: unknown kind {kind!r}; known: {', '.join(RUNNERS.names())}")
+    if not isinstance(kind, str) or kind not in RECIPES:
+        raise ConfigError(f"{path}: unknown kind {kind!r}; known: {', '.join(sorted(RECIPES))}")
     return kind
 
 
@@ -38,7 +41,7 @@ def run(path: str | Path, overrides: list[str]) -> object:
     """Load the runner for the config's kind and run it."""
     kind = config_kind(path, overrides)
     try:
-        runner = RUNNERS.get(kind)
+        recipe = importlib.import_module(RECIPES[kind])
     except ModuleNotFoundError as exc:
         raise ConfigError(f"kind {kind!r} is not available: {exc}") from None
-    return runner(str(path), list(overrides))
+    return recipe.run(str(path), list(overrides))

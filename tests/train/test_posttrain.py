@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fmmm.config import ConfigError, load_config
-from fmmm.policies.posttrain import (
+from fmmm.train.posttrain import (
     DPOModel,
     PostTrainConfig,
     QuestionAnswering,
@@ -45,7 +45,7 @@ def tiny(kind: str, out_dir, *extra) -> PostTrainConfig:
 
 
 def qa_and_model(tmp_path):
-    from fmmm.policies.posttrain import build_model
+    from fmmm.train.posttrain import build_model
 
     torch.manual_seed(0)
     model, builder = build_model(tiny("sft", tmp_path))

@@ -21,7 +21,6 @@ from fmmm.config import config_to_dict, load_config, save_config
 from fmmm.policies.lora import LoRAConfig
 from fmmm.policies.vla import ACTION_DIM, VLA, PatchNormalizer, VLAConfig
 from fmmm.tokenizers.sequence import Modality, MultimodalBatch
-from fmmm.train.runners import RUNNERS
 from fmmm.train.trainer import TrainerConfig
 from fmmm.utils.io import atomic_write_json
 
@@ -501,7 +500,6 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
     return summary
 
 
-@RUNNERS.register("vla")
 def run(config_path: str, overrides: list[str]) -> Any:
     """Runner for `python -m fmmm.train` (kind: vla)."""
     summary = train_vla(load_config(VLARunConfig, config_path, overrides))

@@ -5,7 +5,7 @@ import torch
 
 from fmmm.config import ConfigError, load_config
 from fmmm.datasets.robot import RobotDataset
-from fmmm.policies.train_vla import (
+from fmmm.train.vla import (
     FrameSamples,
     VLARunConfig,
     adapt,

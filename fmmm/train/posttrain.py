@@ -25,14 +25,13 @@ from torch import nn
 
 from fmmm.config import config_to_dict, load_config, save_config
 from fmmm.objectives.dpo import DPOLoss, sequence_logprobs
-from fmmm.policies.train_vla import (
+from fmmm.train.vla import (
     ModelConfig,
     RunResult,
     pretrained_dir,
     pretrained_text_tokenizer,
 )
 from fmmm.tokenizers.sequence import Modality, MultimodalBatch, Segment, pack_samples
-from fmmm.train.runners import RUNNERS
 from fmmm.train.trainer import TrainerConfig
 from fmmm.utils.io import atomic_write_json
 
@@ -346,6 +345,3 @@ def run(config_path: str, overrides: list[str]) -> RunResult:
     summary = posttrain(load_config(PostTrainConfig, config_path, overrides))
     return RunResult(summary["status"], summary)
 
-
-RUNNERS.register("sft")(run)
-RUNNERS.register("dpo")(run)
