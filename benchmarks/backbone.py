@@ -1,30 +1,32 @@
 """Training throughput of the fmmm backbone beside Hugging Face transformers' Llama, same shape.
 
-    python benchmarks/backbone.py [--steps 20] [--threads 2] [--output docs/benchmarks/backbone.md]
+    python -m benchmarks.backbone [--steps 4] [--repeats 5] [--threads 2] [--output FILE.md]
 
 Both models are causal LMs (token embedding, 4 pre-norm blocks of width 256, SwiGLU, RoPE, LM
-head) trained with AdamW on the same random batches; rounds alternate between the two so that
-machine load affects both alike. Before timing, fmmm's weights are copied into the Llama model
-and the logits compared, which checks that the shapes (and the math) really are identical.
-Achieved FLOP/s = tokens/s * training FLOPs per token from `fmmm.scaling` (6N + attention).
+head) trained with AdamW on the same random batches. Each repeat times one round of `--steps`
+steps of each model back to back, in alternating order, so that machine load affects both alike;
+the ratio fmmm / llama is taken within each repeat and reported as min / median / max over the
+repeats, beside the 1-minute load average (`os.getloadavg`) seen during them. Before timing,
+fmmm's weights are copied into the Llama model and the logits compared, which checks that the
+shapes (and the math) really are identical. Achieved FLOP/s = tokens/s * training FLOPs per token
+from `fmmm.scaling` (6N + attention).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fmmm.models.backbone import Transformer, TransformerConfig
-from fmmm.models.encoders import TextEmbedding
+from fmmm.models.embeddings import TextEmbedding
 from fmmm.scaling import shape_of
 
 
@@ -42,9 +44,6 @@ class FmmmLM(nn.Module):
 
 
 def build_llama(config: TransformerConfig, vocab_size: int) -> nn.Module:
-    # Sibling scripts (benchmarks/tokenizers.py) would shadow libraries that transformers imports.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     from transformers import LlamaConfig, LlamaForCausalLM
 
     llama_config = LlamaConfig(
@@ -108,24 +107,35 @@ def train_steps(model, optimizer, batches, autocast: bool) -> float:
     return time.perf_counter() - start
 
 
-def measure(models: dict, batches, rounds: int, autocast: bool) -> dict[str, float]:
-    """Median tokens/s per model over alternating rounds (after one warm-up round)."""
+def measure(
+    models: dict, batches, repeats: int, autocast: bool
+) -> tuple[dict[str, list[float]], list[float]]:
+    """Tokens/s of each model in each interleaved repeat (after one warm-up repeat), and the
+    1-minute load average after each repeat."""
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     tokens = sum(ids[:, :-1].numel() for ids in batches)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for round_index in range(rounds + 1):
-        order = list(models) if round_index % 2 == 0 else list(reversed(models))
+    speeds: dict[str, list[float]] = {name: [] for name in models}
+    loads = []
+    for repeat in range(repeats + 1):
+        order = list(models) if repeat % 2 == 0 else list(reversed(models))
         for name in order:
             seconds = train_steps(models[name], optimizers[name], batches, autocast)
-            if round_index:
-                times[name].append(seconds)
-    return {name: tokens / statistics.median(values) for name, values in times.items()}
+            if repeat:
+                speeds[name].append(tokens / seconds)
+        if repeat:
+            loads.append(os.getloadavg()[0])
+    return speeds, loads
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """'min / median / max' of `values`, each formatted with `fmt`."""
+    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=1024)
@@ -157,10 +167,10 @@ def main() -> None:
     ]
     batches = [ids.to(args.device) for ids in batches]
     models = {"fmmm": fmmm.to(args.device).train(), "hf_llama": llama.to(args.device).train()}
-    results = {
-        "fp32": measure(models, batches, args.rounds, autocast=False),
-        "bf16 autocast": measure(models, batches, args.rounds, autocast=True),
-    }
+    results, loads = {}, []
+    for precision, autocast in (("fp32", False), ("bf16 autocast", True)):
+        results[precision], precision_loads = measure(models, batches, args.repeats, autocast)
+        loads += precision_loads
 
     import transformers
 
@@ -172,26 +182,30 @@ def main() -> None:
     lines = [
         "# Backbone training throughput: fmmm vs Hugging Face Llama",
         "",
-        f"Command: `python benchmarks/backbone.py --steps {args.steps} --rounds {args.rounds} "
-        f"--threads {args.threads} --device {args.device}`",
+        f"Command: `python -m benchmarks.backbone --steps {args.steps} --repeats {args.repeats} "
+        f"--batch-size {args.batch_size} --seq-len {args.seq_len} --threads {args.threads} "
+        f"--device {args.device}`",
         f"Machine: {machine}; torch {torch.__version__}, transformers {transformers.__version__}",
-        f"Date: {date}",
+        f"Date: {date}; 1-minute load average during the repeats: {spread(loads, '.1f')} "
+        f"(min / median / max)",
         "",
         f"Shape: width 256, 4 layers, 8 heads, SwiGLU {config.hidden_dim}, vocab {args.vocab_size}, "
         f"sequence {args.seq_len}, batch {args.batch_size}; {counts['fmmm']:,} parameters in both.",
         f"Same weights, same logits: max |fmmm - llama| = {max_diff:.2e} (fp32).",
         f"Training FLOPs per token (6N + attention, `fmmm.scaling`): {flops_per_token:,.0f}.",
-        f"Median over {args.rounds} alternating rounds of {args.steps} AdamW steps each.",
+        f"{args.repeats} interleaved repeats (after one warm-up) of {args.steps} AdamW steps per "
+        "model; every figure is min / median / max over the repeats, the ratio taken within each.",
         "",
-        "| precision | model | tokens/s | achieved GFLOP/s | fmmm / llama |",
+        "| precision | model | tokens/s | achieved GFLOP/s (median) | fmmm / llama |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
     for precision, speeds in results.items():
-        ratio = speeds["fmmm"] / speeds["hf_llama"]
-        for name, speed in speeds.items():
-            shown = f"{ratio:.2f}x" if name == "fmmm" else ""
+        ratios = [f / h for f, h in zip(speeds["fmmm"], speeds["hf_llama"])]
+        for name, values in speeds.items():
+            shown = spread(ratios, ".2f") if name == "fmmm" else ""
+            gflops = statistics.median(values) * flops_per_token / 1e9
             lines.append(
-                f"| {precision} | {name} | {speed:,.0f} | {speed * flops_per_token / 1e9:.2f} | {shown} |"
+                f"| {precision} | {name} | {spread(values, ',.0f')} | {gflops:.2f} | {shown} |"
             )
     text = "\n".join(lines) + "\n"
     print(text)

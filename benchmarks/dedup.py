@@ -1,18 +1,23 @@
 """MinHash-LSH near-duplicate detection: fmmm against datasketch on one corpus, in one run.
 
-    python benchmarks/dedup.py [--docs 20000] [--words 250] [--out docs/benchmarks/dedup.md]
+    python -m benchmarks.dedup [--docs 20000] [--words 250] [--repeats 5] [--out FILE.md]
 
 Both use the same word 5-gram shingles of the same normalised text, the same number of
 permutations and the same bands x rows. Throughput is documents per second from raw text to
 candidate pairs (shingling, signatures, LSH); recall is the share of the pairs whose exact
-Jaccard similarity is >= the threshold that come out as candidates. datasketch is a benchmark-only
-dependency (pip install datasketch).
+Jaccard similarity is >= the threshold that come out as candidates. Each repeat runs both back to
+back, in alternating order, in one process; the speed ratio is taken within each repeat and
+reported as min / median / max over the repeats, beside the 1-minute load average
+(`os.getloadavg`) seen during them. datasketch is a benchmark-only dependency (pip install
+datasketch).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -104,6 +109,11 @@ def run_datasketch(texts: list[str], num_perm: int, bands: int, rows: int) -> tu
     return elapsed, pairs
 
 
+def spread(values: list[float], fmt: str) -> str:
+    """'min / median / max' of `values`, each formatted with `fmt`."""
+    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20_000)
@@ -111,41 +121,59 @@ def main() -> None:
     parser.add_argument("--num-perm", type=int, default=128)
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed runs of both")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args()
 
     texts = make_corpus(args.docs, args.words, args.seed)
     truth = true_pairs(shingle_sets(texts), args.threshold)
     bands, rows = optimal_bands_rows(args.threshold, args.num_perm, 0.1, 0.9)
+    runners = {"fmmm": run_fmmm, "datasketch": run_datasketch}
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    candidates: dict[str, set] = {}
+    loads = []
+    for repeat in range(args.repeats):
+        order = list(runners) if repeat % 2 == 0 else list(reversed(runners))
+        for name in order:
+            elapsed, pairs = runners[name](texts, args.num_perm, bands, rows)
+            # Both are deterministic (seeded), so every repeat must return the same candidates.
+            if candidates.setdefault(name, pairs) != pairs:
+                raise RuntimeError(f"{name} returned different candidates across repeats")
+            seconds[name].append(elapsed)
+        loads.append(os.getloadavg()[0])
+        print(
+            f"repeat {repeat}: fmmm {seconds['fmmm'][-1]:.2f} s, "
+            f"datasketch {seconds['datasketch'][-1]:.2f} s, load {loads[-1]:.1f}"
+        )
     results = {}
-    for name, runner in (("fmmm", run_fmmm), ("datasketch", run_datasketch)):
-        elapsed, pairs = runner(texts, args.num_perm, bands, rows)
-        found = len(truth & pairs)
+    for name, times in seconds.items():
+        pairs = candidates[name]
         results[name] = {
-            "docs_per_s": len(texts) / elapsed,
-            "seconds": elapsed,
-            "recall": found / max(len(truth), 1),
+            "docs_per_s": [len(texts) / t for t in times],
+            "seconds": times,
+            "recall": len(truth & pairs) / max(len(truth), 1),
             "candidates": len(pairs),
         }
         print(
-            f"{name:>10}: {results[name]['docs_per_s']:9.0f} docs/s  "
-            f"({elapsed:.2f} s)  recall {results[name]['recall']:.4f}  "
+            f"{name:>10}: {spread(results[name]['docs_per_s'], '.0f')} docs/s "
+            f"(min / median / max)  recall {results[name]['recall']:.4f}  "
             f"candidates {len(pairs)}"
         )
-    speedup = results["fmmm"]["docs_per_s"] / results["datasketch"]["docs_per_s"]
-    print(f"fmmm / datasketch throughput: {speedup:.2f}x")
+    speedups = [d / f for f, d in zip(seconds["fmmm"], seconds["datasketch"])]
+    print(f"fmmm / datasketch throughput: {spread(speedups, '.1f')} (min / median / max)")
     if args.out:
         date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
         command = (
-            f"python benchmarks/dedup.py --docs {args.docs} --words {args.words} "
-            f"--num-perm {args.num_perm} --threshold {args.threshold}"
+            f"python -m benchmarks.dedup --docs {args.docs} --words {args.words} "
+            f"--num-perm {args.num_perm} --threshold {args.threshold} --repeats {args.repeats}"
         )
         lines = [
             "# Dedup benchmark: MinHash-LSH, fmmm vs datasketch",
             "",
             f"- Command: `{command} --out {args.out}`",
             f"- Machine: 2-core CPU, no GPU (shared; {platform.processor() or platform.machine()})",
-            f"- Date: {date}",
+            f"- Date: {date}; 1-minute load average during the repeats: {spread(loads, '.1f')} "
+            "(min / median / max)",
             f"- Corpus: {len(texts)} documents of ~{args.words} words, a third of them edited "
             f"copies; {len(truth)} pairs with exact Jaccard >= {args.threshold} (word 5-grams)",
             f"- Both: {args.num_perm} permutations, {bands} bands x {rows} rows "
@@ -157,16 +185,23 @@ def main() -> None:
             "polynomial word/n-gram hashes, then a x mod 2^32)",
             "- Recall: share of the exact-Jaccard pairs that the LSH returns as candidates "
             "(before any verification)",
+            f"- Repeats: {args.repeats}, each running both back to back in alternating order; "
+            "docs/s, seconds and the ratio are min / median / max over the repeats, the ratio "
+            "taken within each repeat",
             "",
             "| implementation | docs/s | seconds | recall | candidate pairs |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         for name, row in results.items():
             lines.append(
-                f"| {name} | {row['docs_per_s']:.0f} | {row['seconds']:.2f} | "
-                f"{row['recall']:.4f} | {row['candidates']} |"
+                f"| {name} | {spread(row['docs_per_s'], ',.0f')} | {spread(row['seconds'], '.2f')} "
+                f"| {row['recall']:.4f} | {row['candidates']} |"
             )
-        lines += ["", f"fmmm is **{speedup:.2f}x** datasketch's throughput in the same run.", ""]
+        lines += [
+            "",
+            f"fmmm / datasketch throughput: **{spread(speedups, '.1f')}x** (min / median / max).",
+            "",
+        ]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines))
 

@@ -26,7 +26,7 @@ CONFIG = "configs/pretrain/tiny.yaml"
 def train(run_dir: Path, *overrides: str) -> float:
     """Run `python -m fmmm.train` on the tiny config; return its wall time in seconds."""
     started = time.perf_counter()
-    command = [sys.executable, "-m", "fmmm.train", CONFIG, f"run_dir={run_dir}", *overrides]
+    command = [sys.executable, "-m", "fmmm.train", CONFIG, f"out_dir={run_dir}", *overrides]
     subprocess.run(command, cwd=ROOT, check=True)
     return time.perf_counter() - started
 

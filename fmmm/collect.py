@@ -75,8 +75,8 @@ def _init_worker(
 
 def _attempt(index: int) -> dict[str, Any]:
     """Run attempt `index`, stage its episode when kept, and return its summary (also staged)."""
+    from fmmm.envs.seeds import episode_seed
     from fmmm.eval.rollout import run_episode
-    from fmmm.eval.seeds import episode_seed
 
     task, base_seed = _worker["task"], _worker["base_seed"]
     columns: dict[str, list] = {
@@ -181,6 +181,47 @@ def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[
     return info
 
 
+def _staged_run(out: Path, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings and env fingerprint; refuses a staged run made with other ones."""
+    import fmmm.envs
+    from fmmm.eval.rollout import env_fingerprint
+
+    env = fmmm.envs.make_env(wanted["task"])
+    run = {**wanted, "fps": env.metadata["render_fps"], "fingerprint": env_fingerprint(env)}
+    run = json.loads(json.dumps(run))  # compared with the staged copy read back from JSON
+    env.close()
+    run_file = out / ".staging" / "run.json"
+    if not run_file.exists():
+        atomic_write_json(run_file, run)
+        return run
+    try:
+        staged_run = json.loads(run_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"corrupt {run_file}: {exc}") from None
+    if staged_run != run:
+        fingerprint = run["fingerprint"]
+        differ = [k for k in run if k != "fingerprint" and staged_run.get(k) != run[k]]
+        differ += [
+            k for k in fingerprint if staged_run.get("fingerprint", {}).get(k) != fingerprint[k]
+        ]
+        raise ValueError(
+            f"{out} holds an unfinished collection with other settings "
+            f"({', '.join(differ)} differ; see {run_file})"
+        )
+    return run
+
+
+def _staged_attempts(staging: Path) -> dict[int, dict[str, Any]]:
+    """Summaries of the attempts finished by earlier runs (a kept one with its episode file)."""
+    done = {}
+    for path in staging.glob("attempt_*.json"):
+        summary = json.loads(path.read_text())
+        kept_file = staging / f"attempt_{summary['attempt']:06d}.parquet"
+        if not summary["kept"] or kept_file.exists():
+            done[summary["attempt"]] = summary
+    return done
+
+
 def collect(
     task: str,
     episodes: int,
@@ -197,10 +238,9 @@ def collect(
     `noise` > 0 executes the expert's actions with Gaussian noise of that standard deviation and
     records the expert's clean actions (DART, see `NoisyExpert`).
     """
-    from tqdm import tqdm
-
     import fmmm.envs
-    from fmmm.eval.rollout import env_fingerprint, parallel_map
+    from fmmm.eval.rollout import parallel_map
+    from fmmm.utils.progress import progress as progress_bar
 
     if task not in fmmm.envs.task_names():
         raise ValueError(f"unknown task {task!r}; known: {', '.join(fmmm.envs.task_names())}")
@@ -226,50 +266,21 @@ def collect(
             f"{out} already holds a finished dataset with other settings; pick another --out"
         )
     staging = out / ".staging"
-    env = fmmm.envs.make_env(task)
-    run = {**wanted, "fps": env.metadata["render_fps"], "fingerprint": env_fingerprint(env)}
-    run = json.loads(json.dumps(run))  # compared with the staged copy read back from JSON
-    env.close()
-    run_file = staging / "run.json"
-    if run_file.exists():
-        try:
-            staged_run = json.loads(run_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"corrupt {run_file}: {exc}") from None
-        if staged_run != run:
-            fingerprint = run["fingerprint"]
-            differ = [k for k in run if k != "fingerprint" and staged_run.get(k) != run[k]]
-            differ += [
-                k for k in fingerprint if staged_run.get("fingerprint", {}).get(k) != fingerprint[k]
-            ]
-            raise ValueError(
-                f"{out} holds an unfinished collection with other settings "
-                f"({', '.join(differ)} differ; see {run_file})"
-            )
-    else:
-        atomic_write_json(run_file, run)
-
-    done: dict[int, dict[str, Any]] = {}
-    for path in staging.glob("attempt_*.json"):
-        summary = json.loads(path.read_text())
-        kept_file = staging / f"attempt_{summary['attempt']:06d}.parquet"
-        if not summary["kept"] or kept_file.exists():
-            done[summary["attempt"]] = summary
-    bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
-    bar.update(min(sum(s["kept"] for s in done.values()), episodes))
+    run = _staged_run(out, wanted)
+    done = _staged_attempts(staging)
+    initargs = (task, seed, str(staging), keep_failures, noise)
+    bar = progress_bar(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
     while (selected := _selected(done, episodes)) is None:
-        need = episodes - sum(s["kept"] for s in done.values())
-        todo = [i for i in range(max_attempts) if i not in done][: max(need, workers)]
+        kept = sum(s["kept"] for s in done.values())
+        bar.update(min(kept, episodes) - bar.n)
+        todo = [i for i in range(max_attempts) if i not in done][: max(episodes - kept, workers)]
         if not todo:
-            kept = sum(s["kept"] for s in done.values())
             raise ValueError(f"the expert kept only {kept} of {max_attempts} attempts on {task!r}")
-        initargs = (task, seed, str(staging), keep_failures, noise)
         for summary in parallel_map(
             _attempt, todo, min(workers, len(todo)), _init_worker, initargs
         ):
             done[summary["attempt"]] = summary
-            kept = sum(s["kept"] for s in done.values())
-            bar.update(min(kept, episodes) - bar.n)
+            bar.update(min(sum(s["kept"] for s in done.values()), episodes) - bar.n)
             bar.set_postfix(attempts=len(done))
     bar.close()
     info = _finish(out, staging, selected, run)

@@ -53,7 +53,7 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> T:
     """Build a `schema` dataclass from defaults, then the YAML file at `path`, then `overrides`."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     if not dataclasses.is_dataclass(schema):
@@ -65,6 +65,8 @@ def load_config(
     if path is not None:
         path = Path(path)
         loaded = read_yaml(path)
+        if isinstance(loaded, DictConfig):
+            _refuse_renamed(flatten(OmegaConf.to_container(loaded, resolve=False)), schema, path)
         try:
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as exc:
@@ -72,6 +74,7 @@ def load_config(
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
+        _refuse_renamed([item.split("=", 1)[0]], schema, f"override {item!r}")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
@@ -82,6 +85,45 @@ def load_config(
         raise ConfigError(_one_line(exc)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid value: {_one_line(exc)}") from None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (an empty dict is a leaf)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
+def _refuse_renamed(keys: Any, schema: type, where: str) -> None:
+    """A one-line error for a key that the schema's `RENAMED` table ({old: new}) says has moved."""
+    for key in keys:
+        for old, new in getattr(schema, "RENAMED", {}).items():
+            if key == old or key.startswith(old + "."):
+                raise ConfigError(f"{where}: {old!r} is now {new!r}; rename it")
+
+
+def migrate(tree: dict, schema: type) -> dict:
+    """A saved config (plain dict) with the keys its schema renamed moved to their new names."""
+    flat = flatten(tree)
+    for old, new in getattr(schema, "RENAMED", {}).items():
+        if old in flat:
+            flat[new] = flat.pop(old)
+    return unflatten(flat)
 
 
 def config_to_dict(cfg: Any) -> dict:

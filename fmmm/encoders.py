@@ -12,19 +12,12 @@ the model was trained with.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 MODALITIES = ("text", "image", "video", "audio")
-_TOKENIZER_CLASSES = {
-    "text": "TextTokenizer",
-    "image": "ImageTokenizer",
-    "video": "VideoTokenizer",
-    "audio": "AudioTokenizer",
-}
 
 
 class PretrainedEncoder(nn.Module):
@@ -43,7 +36,7 @@ class PretrainedEncoder(nn.Module):
         self.model, self.modality, self.builder = model, modality, builder
         self.tokenizer = getattr(builder, f"{modality}_tokenizer")
         if self.tokenizer is None:
-            raise ValueError(f"the saved model has no {modality} tokenizer")
+            raise ValueError(f"no {modality} tokenizer was saved with the model")
 
     def batch(self, raw: Any, sample_rate: int | None = None):
         """Tokenize raw inputs into a MultimodalBatch, one sample per row."""
@@ -78,41 +71,13 @@ class PretrainedEncoder(nn.Module):
         return self.model.embed_pooled(self.batch(raw, sample_rate), self.modality)
 
 
-def _load_tokenizer(directory: Path, name: str):
-    import fmmm.tokenizers
-
-    folder = directory / "tokenizers" / name
-    if not folder.is_dir():
-        return None
-    cls = getattr(fmmm.tokenizers, _TOKENIZER_CLASSES[name])
-    return cls.load(folder)
-
-
 def load(
     path: str | os.PathLike, modality: str = "image", device: str | torch.device = "cpu"
 ) -> PretrainedEncoder:
     """Load the encoder for `modality` from a saved MultimodalModel folder, in eval mode."""
-    from fmmm.models.multimodal import MultimodalModel
-    from fmmm.tokenizers.sequence import SequenceBuilder
+    from fmmm.models.factory import load_model_and_builder
 
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-    directory = Path(path)
-    model = MultimodalModel.from_pretrained(directory, device=device).eval()
-    tokenizers = {name: _load_tokenizer(directory, name) for name in MODALITIES}
-    if tokenizers["text"] is None:
-        raise ValueError(
-            f"{directory / 'tokenizers' / 'text'} is missing: save the text tokenizer with the model"
-        )
-    if tokenizers[modality] is None:
-        raise ValueError(
-            f"{directory / 'tokenizers' / modality} is missing: no {modality} tokenizer was saved"
-        )
-    builder = SequenceBuilder(
-        tokenizers["text"],
-        image_tokenizer=tokenizers["image"],
-        video_tokenizer=tokenizers["video"],
-        audio_tokenizer=tokenizers["audio"],
-        action_offset=model.action_offset,
-    )
-    return PretrainedEncoder(model, modality, builder)
+    model, builder = load_model_and_builder(path, device=str(device))
+    return PretrainedEncoder(model.eval(), modality, builder)

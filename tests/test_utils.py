@@ -1,3 +1,5 @@
+import io
+import itertools
 import os
 import subprocess
 import sys
@@ -6,6 +8,7 @@ import pytest
 
 from fmmm.registry import Registry
 from fmmm.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from fmmm.utils.progress import progress
 
 
 def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
@@ -62,3 +65,26 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     with atomic_dir(tmp_path / "d"):
         pass
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream_type, most_lines", [(io.StringIO, 40), (_Terminal, None)])
+def test_progress_bar_writes_far_fewer_lines_than_steps_off_a_terminal(
+    monkeypatch, stream_type, most_lines
+):
+    import tqdm.std
+
+    clock = itertools.count(0.0, 0.25)  # each clock read is a quarter second later
+    monkeypatch.setattr(tqdm.std, "time", lambda: next(clock))
+    stream, steps = stream_type(), 2000
+    for _ in progress(range(steps), file=stream):
+        pass
+    lines = stream.getvalue().count("\r")
+    if most_lines is None:
+        assert lines > steps // 2  # a terminal still gets a live bar
+    else:
+        assert lines <= most_lines

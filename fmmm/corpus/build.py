@@ -95,16 +95,18 @@ def _samples(cfg: CorpusConfig, source: str, split: str, renderer, progress):
 
 
 def _generate(cfg: CorpusConfig, root: Path) -> None:
-    from tqdm.auto import tqdm
-
     from fmmm.corpus.scenes import SceneRenderer
     from fmmm.data.shards import ShardWriter
     from fmmm.utils.io import atomic_dir, atomic_write_json
+    from fmmm.utils.progress import progress as progress_bar
 
     total = sum(_count(cfg, s, split) for s in SOURCES for split in SPLITS)
     renderer = SceneRenderer(cfg.image_size) if cfg.image_pairs or cfg.video_pairs else None
     try:
-        with atomic_dir(root) as tmp, tqdm(total=total, desc="corpus", unit="sample") as progress:
+        with (
+            atomic_dir(root) as tmp,
+            progress_bar(total=total, desc="corpus", unit="sample") as progress,
+        ):
             counts = {}
             for source in SOURCES:
                 for split in SPLITS:

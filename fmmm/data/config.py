@@ -17,11 +17,29 @@ def _check(condition: bool, message: str) -> None:
 class RunConfig:
     """Fields shared by every command."""
 
-    workers: int = 1  # worker processes, one shard at a time each
+    workers: int = 1  # worker processes, one shard at a time each (executor=local)
     progress: bool = True  # tqdm progress bar on stderr
+    executor: str = "local"  # local (worker processes) | ray (Ray tasks; pip install -e '.[ray]')
+    ray_address: str = ""  # executor=ray: an existing cluster (ray.init address); empty: start one
 
     def __post_init__(self) -> None:
         _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
+        _check(
+            self.executor in ("local", "ray"),
+            f"executor must be local or ray, got {self.executor!r}",
+        )
+
+
+# How a command runs, not what it computes: left out of work-folder fingerprints and reports, so
+# a run resumes under another engine and every engine writes the same report.
+RUN_FIELDS = ("workers", "progress", "executor", "ray_address")
+
+
+def computed_settings(config: RunConfig) -> dict:
+    """The config as a dict without the run fields: what decides a command's output."""
+    from fmmm.config import config_to_dict
+
+    return {k: v for k, v in config_to_dict(config).items() if k not in RUN_FIELDS}
 
 
 @dataclass
@@ -51,6 +69,10 @@ class DedupConfig(RunConfig):
     clip_model: str = ""  # open_clip model name: adds embedding cosine dedup of images
     clip_pretrained: str = ""  # its local weights file
     cosine: float = 0.95
+    ann_probes: int = 16  # inverted-file cells searched per image embedding (recall vs time)
+    # Hash partitions of the bucket stages: each task holds about 1/partitions of the LSH band,
+    # pHash chunk and content keys (docs/data.md sizes them); the output does not depend on it.
+    partitions: int = 16
     episode_points: int = 32  # robot trajectories are resampled to this many steps
     episode_decimals: int = 2  # and rounded to this many decimals before hashing
 
@@ -74,6 +96,8 @@ class DedupConfig(RunConfig):
         _check(0 <= self.hamming < 64, f"hamming must be in [0, 64), got {self.hamming}")
         _check(self.video_frames >= 1, f"video_frames must be >= 1, got {self.video_frames}")
         _check(-1.0 <= self.cosine <= 1.0, f"cosine must be in [-1, 1], got {self.cosine}")
+        _check(self.partitions >= 1, f"partitions must be >= 1, got {self.partitions}")
+        _check(self.ann_probes >= 1, f"ann_probes must be >= 1, got {self.ann_probes}")
         _check(self.episode_points >= 2, f"episode_points must be >= 2, got {self.episode_points}")
         _check(
             self.max_bucket_neighbours >= 1,

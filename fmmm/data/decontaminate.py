@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fmmm.data.config import DecontaminateConfig
+from fmmm.data.config import DecontaminateConfig, computed_settings
 from fmmm.data.episodes import is_robot_dataset, iter_episodes, sim_eval_episodes
 from fmmm.data.minhash import batch_word_hashes, content_hash, ngram_hashes, normalize_text
 from fmmm.data.pipeline import Unit, iter_items, list_units, run_units, work_folder, write_report
@@ -220,10 +220,8 @@ def decontaminate_unit(unit: Unit, work: Path, config: DecontaminateConfig) -> d
 
 def decontaminate(inputs: list[str], output: str, config: DecontaminateConfig) -> dict[str, Any]:
     """Check the corpus against every eval set; report per eval set what was found and where."""
-    from fmmm.config import config_to_dict
-
     units = list_units(inputs, output)
-    settings = {k: v for k, v in config_to_dict(config).items() if k not in ("workers", "progress")}
+    settings = computed_settings(config)
     work = work_folder(output, "decontaminate", settings, units)
     index_folder = work / "index"
     if not (index_folder / "names.json").is_file():
@@ -234,8 +232,7 @@ def decontaminate(inputs: list[str], output: str, config: DecontaminateConfig) -
         units,
         work,
         "decontaminate",
-        config.workers,
-        config.progress,
+        config,
         (config,),
         _load_index,
         (str(index_folder),),
@@ -282,7 +279,7 @@ def decontaminate(inputs: list[str], output: str, config: DecontaminateConfig) -
         "mode": config.mode,
         "eval_sets": per_set,
         "notes": notes,
-        "config": config_to_dict(config),
+        "config": settings,
         "errors": [e for r in results for e in r["errors"]],
     }
     if config.mode == "remove":

@@ -1,23 +1,33 @@
 """`dedup`: exact and near-duplicate removal over shards and robot datasets.
 
-Three stages, each resumable: (1) per unit, in workers: hashes and signatures of every item, saved
-as .npy files (no documents are kept); (2) globally: similar pairs from exact hashes, MinHash LSH
-bands (text), pHash chunks and optional CLIP embeddings (images, video frames), decided in the
-global order (unit order, then position): an item is removed when it duplicates an earlier item
-that is kept, so the first of every group of duplicates stays; (3) per unit, in
-workers: the kept items are written to the output, the removed ones logged with the reason.
+Seven resumable stages, each a map over shards or hash partitions that runs in local worker
+processes or as Ray tasks (`executor=local|ray`), so no step needs the whole corpus in memory:
+
+1. features (per shard): content hashes, MinHash signatures and LSH bands (text), pHashes and
+   optional CLIP embeddings (images, video frames), as .npy files; every band, pHash chunk and
+   content hash is also filed under its hash partition (`partitions`).
+2. exact (per partition): every item after the first with its content hash.
+3. buckets (per partition): pairs sharing an LSH band or pHash chunk, verified (estimated or
+   exact Jaccard, Hamming distance); partition 0 also searches image embeddings (faiss).
+4. clusters (one task): connected components of the pairs, grouped into partitions.
+5. keep (per partition): keep-first in the global order (unit order, then position): an item is
+   removed when it duplicates an earlier item that is kept, so the first of every group stays.
+6. decisions, 7. write (per shard): the kept items are written, the removed ones logged.
+
+The output does not depend on the executor, the number of workers or of partitions.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fmmm.data.config import DedupConfig
+from fmmm.data.config import DedupConfig, computed_settings
 from fmmm.data.episodes import episode_hash, write_episode_subset
 from fmmm.data.minhash import (
     MinHasher,
@@ -27,19 +37,23 @@ from fmmm.data.minhash import (
     jaccard,
     normalize_text,
     optimal_bands_rows,
+    partition_of,
     shingles,
 )
 from fmmm.data.pipeline import Unit, iter_items, list_units, run_units, work_folder, write_report
 from fmmm.data.shards import Sample, ShardError, decode_image, decode_video, write_shard
 from fmmm.data.similarity import (
+    RECALL_SAMPLE,
     bucket_pairs,
     cosine_pairs,
-    hamming_pairs,
+    hash_chunks,
     keep_first,
     perceptual_hash,
+    popcount64,
 )
 
 MODALITIES = ("text", "image", "audio", "video", "episode")
+KINDS = ("text", "image", "video")  # items with near-duplicate features
 REASONS = (
     "kept",
     "bad_data",
@@ -147,30 +161,57 @@ def extract_features(unit: Unit, work: Path, config: DedupConfig) -> dict[str, A
         if signatures
         else np.zeros((0, config.num_perm), dtype=np.uint32)
     )
-    _save(
-        work / "features" / f"{unit.index:06d}",
-        {
-            "exact": np.array(exact, dtype=np.uint64),
-            "modality": np.array(modality, dtype=np.int8),
-            "position": np.array(positions, dtype=np.int64),
-            "bad": np.array(bad, dtype=np.int64),
-            "text_ordinals": np.array(text_ordinals, dtype=np.int64),
-            "text_signatures": signature_array,
-            "text_bands": band_hashes(signature_array, bands, rows),
-            "image_ordinals": np.array(image_ordinals, dtype=np.int64),
-            "image_hashes": np.array(image_hashes, dtype=np.uint64).reshape(-1, 1),
-            "image_embeddings": (
-                np.concatenate(embeddings).astype(np.float32)
-                if embeddings
-                else np.zeros((0, 0), np.float32)
-            ),
-            "video_ordinals": np.array(video_ordinals, dtype=np.int64),
-            "video_hashes": np.array(video_hashes, dtype=np.uint64).reshape(
-                -1, config.video_frames
-            ),
-        },
-    )
+    arrays = {
+        "exact": np.array(exact, dtype=np.uint64),
+        "modality": np.array(modality, dtype=np.int8),
+        "position": np.array(positions, dtype=np.int64),
+        "bad": np.array(bad, dtype=np.int64),
+        "text_ordinals": np.array(text_ordinals, dtype=np.int64),
+        "text_signatures": signature_array,
+        "text_bands": band_hashes(signature_array, bands, rows),
+        "image_ordinals": np.array(image_ordinals, dtype=np.int64),
+        "image_hashes": np.array(image_hashes, dtype=np.uint64).reshape(-1, 1),
+        "image_embeddings": (
+            np.concatenate(embeddings).astype(np.float32)
+            if embeddings
+            else np.zeros((0, 0), np.float32)
+        ),
+        "video_ordinals": np.array(video_ordinals, dtype=np.int64),
+        "video_hashes": np.array(video_hashes, dtype=np.uint64).reshape(-1, config.video_frames),
+    }
+    good = np.setdiff1d(np.arange(ordinal + 1), arrays["bad"])
+    keys = {
+        "exact": arrays["exact"][good][:, None],
+        "text": arrays["text_bands"],
+        "image": hash_chunks(arrays["image_hashes"][:, 0], config.hamming),
+        "video": hash_chunks(arrays["video_hashes"][:, 0], config.hamming),
+    }
+    ordinals = {"exact": good} | {kind: arrays[f"{kind}_ordinals"] for kind in KINDS}
+    for kind in keys:
+        arrays |= _bucket_table(kind, keys[kind], ordinals[kind], config.partitions)
+    _save(work / "features" / f"{unit.index:06d}", arrays)
     return {"items": ordinal + 1, "errors": [e.to_dict() for e in errors]}
+
+
+def _bucket_table(
+    kind: str, keys: np.ndarray, ordinals: np.ndarray, partitions: int
+) -> dict[str, np.ndarray]:
+    """One row (column, key, ordinal) per key of (N, C) `keys`, grouped by hash partition.
+
+    `{kind}_bucket_offsets[p:p + 2]` bound partition p's rows, so a bucket task reads only its
+    slice of every unit (datatrove's MinHash signature stage writes its buckets the same way).
+    """
+    count, width = keys.shape
+    columns = np.tile(np.arange(width, dtype=np.int16), count)
+    flat = keys.reshape(-1)
+    parts = partition_of(flat, columns, partitions)
+    order = np.argsort(parts, kind="stable")
+    return {
+        f"{kind}_bucket_keys": flat[order],
+        f"{kind}_bucket_columns": columns[order],
+        f"{kind}_bucket_ordinals": np.repeat(np.asarray(ordinals, np.int64), width)[order],
+        f"{kind}_bucket_offsets": np.searchsorted(parts[order], np.arange(partitions + 1)),
+    }
 
 
 def _clip_encoder(config: DedupConfig):
@@ -190,96 +231,125 @@ class FeatureStore:
     def load(self, unit: int, name: str) -> np.ndarray:
         return np.load(self.folders[unit] / f"{name}.npy", mmap_mode="r", allow_pickle=False)
 
-    def items(self, name: str) -> np.ndarray:
-        """An item-level array (exact, modality, position) over all units."""
-        return np.concatenate([self.load(u, name) for u in range(len(self.folders))])
-
-    def ids(self, kind: str) -> np.ndarray:
-        """Global ids of the items that have `kind` rows (text, image, video)."""
-        return np.concatenate(
-            [self.load(u, f"{kind}_ordinals") + self.offsets[u] for u in range(len(self.folders))]
-        )
+    def unit_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, ids, side="right") - 1
 
     def rows(self, kind: str, name: str, ids: np.ndarray) -> np.ndarray:
-        """Rows of `kind_name` for the given ids (each must have a `kind` row)."""
-        all_ids = self.ids(kind)
-        where = np.searchsorted(all_ids, ids)
-        unit_of = np.searchsorted(self.offsets, ids, side="right") - 1
-        parts = []
-        starts = np.concatenate(
-            [
-                [0],
-                np.cumsum(
-                    [len(self.load(u, f"{kind}_ordinals")) for u in range(len(self.folders))]
-                ),
-            ]
-        )
+        """Rows of `kind_name` for the given ids (each must have a `kind` row), reading only the
+        units they lie in."""
+        ids = np.asarray(ids, dtype=np.int64)
+        unit_of = self.unit_of(ids)
+        out = None
         for unit in np.unique(unit_of):
             mine = unit_of == unit
-            parts.append(
-                (mine, np.asarray(self.load(unit, f"{kind}_{name}")[where[mine] - starts[unit]]))
-            )
-        if not parts:
-            return np.zeros((0,), dtype=np.float32)
-        out = np.empty((len(ids), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
-        for mine, values in parts:
+            ordinals = self.load(unit, f"{kind}_ordinals")
+            where = np.searchsorted(ordinals, ids[mine] - self.offsets[unit])
+            values = np.asarray(self.load(unit, f"{kind}_{name}")[where])
+            if out is None:
+                out = np.empty((len(ids), *values.shape[1:]), dtype=values.dtype)
             out[mine] = values
-        return out
+        return out if out is not None else np.zeros((0,), dtype=np.float32)
 
-    def column(self, kind: str, name: str, column: int) -> np.ndarray:
-        return np.concatenate(
-            [
-                np.asarray(self.load(u, f"{kind}_{name}")[:, column])
-                for u in range(len(self.folders))
-            ]
-        )
-
-
-def _exact_text_sets(units: list[Unit], store: FeatureStore, ids: np.ndarray, ngram: int):
-    """Shingle sets of the given text items, re-read from their shards (exact verification)."""
-    sets = {}
-    unit_of = np.searchsorted(store.offsets, ids, side="right") - 1
-    for unit in np.unique(unit_of):
-        wanted = set((ids[unit_of == unit] - store.offsets[unit]).tolist())
-        for ordinal, sample in enumerate(iter_items(units[unit].path, lambda error: None)):
-            if ordinal in wanted:
-                sets[int(store.offsets[unit] + ordinal)] = shingles(sample["text"], ngram)
-    return sets
+    def partition(self, kind: str, part: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, columns, keys) of partition `part` of the `kind` bucket table, over all units."""
+        ids, columns, keys = [], [], []
+        for unit in range(len(self.folders)):
+            start, stop = self.load(unit, f"{kind}_bucket_offsets")[part : part + 2]
+            ids.append(self.load(unit, f"{kind}_bucket_ordinals")[start:stop] + self.offsets[unit])
+            columns.append(np.asarray(self.load(unit, f"{kind}_bucket_columns")[start:stop]))
+            keys.append(np.asarray(self.load(unit, f"{kind}_bucket_keys")[start:stop]))
+        return np.concatenate(ids), np.concatenate(columns), np.concatenate(keys)
 
 
-def find_duplicates(
-    units: list[Unit], counts: list[int], work: Path, config: DedupConfig
-) -> dict[str, np.ndarray]:
-    """Stage 2: per global item, the removal reason code, the kept item it duplicates, a score."""
+@dataclass(frozen=True)
+class Partition:
+    """One hash partition of the bucket stages; `index` names its results in the work folder."""
+
+    index: int
+
+
+NAMES = ("later", "earlier", "score")  # the arrays of a set of pairs in the work folder
+
+
+def _pairs_folder(work: Path, stage: str, part: int) -> Path:
+    return work / "pairs" / stage / f"{part:06d}"
+
+
+def _load_arrays(folder: Path, names: tuple[str, ...]) -> list[np.ndarray]:
+    return [np.load(folder / f"{name}.npy", allow_pickle=False) for name in names]
+
+
+def _pair_codes(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """One uint64 per pair that sorts as (later, earlier) (ids below 2^32, as in bucket_pairs)."""
+    return (np.asarray(later).astype(np.uint64) << np.uint64(32)) | np.asarray(earlier).astype(
+        np.uint64
+    )
+
+
+def _split_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (codes >> np.uint64(32)).astype(np.int64), (codes & np.uint64(0xFFFFFFFF)).astype(
+        np.int64
+    )
+
+
+def _unique_pairs(later: list[np.ndarray], earlier: list[np.ndarray]):
+    """Concatenated pairs without repeats, ordered by (later, earlier)."""
+    if not later:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    return _split_codes(np.unique(_pair_codes(np.concatenate(later), np.concatenate(earlier))))
+
+
+def exact_partition(part: Partition, work: Path, units, counts, config) -> dict[str, Any]:
+    """Stage 2 for one partition of content hashes: every item after the first of its hash."""
     store = FeatureStore(work, units, counts)
-    total = int(store.offsets[-1])
-    reason = np.zeros(total, dtype=np.int8)
-    kept_as = np.full(total, -1, dtype=np.int64)
-    score = np.full(total, np.nan, dtype=np.float64)
-    for unit in range(len(units)):
-        reason[store.load(unit, "bad") + store.offsets[unit]] = REASONS.index("bad_data")
-    if config.exact:
-        alive = np.flatnonzero(reason == 0)
-        hashes = store.items("exact")[alive]
-        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-        first_id = alive[first[inverse]]
-        duplicate = first_id != alive
-        reason[alive[duplicate]] = REASONS.index("exact_duplicate")
-        kept_as[alive[duplicate]] = first_id[duplicate]
-        score[alive[duplicate]] = 1.0
+    ids, _, keys = store.partition("exact", part.index)
+    later = earlier = np.zeros(0, np.int64)
+    if config.exact and len(ids):
+        order = np.argsort(ids, kind="stable")
+        ids, keys = ids[order], keys[order]
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        first_id = ids[first[inverse]]
+        duplicate = first_id != ids
+        later, earlier = ids[duplicate], first_id[duplicate]
+    _save(_pairs_folder(work, "exact", part.index), {"later": later, "earlier": earlier})
+    return {"pairs": len(later)}
 
-    def clusters(name: str, later: np.ndarray, earlier: np.ndarray, scores: np.ndarray) -> None:
-        removed, kept, best = keep_first(later, earlier, scores)
-        reason[removed] = REASONS.index(name)
-        kept_as[removed] = kept
-        score[removed] = best
 
+def _exact_duplicates(work: Path, ids: np.ndarray, partitions: int) -> np.ndarray:
+    """Mask of `ids` removed as exact duplicates (read partition by partition)."""
+    dead = np.zeros(len(ids), dtype=bool)
+    for part in range(partitions):
+        later = np.load(_pairs_folder(work, "exact", part) / "later.npy", mmap_mode="r")
+        dead |= np.isin(ids, later)
+    return dead
+
+
+def _bucket_candidates(store: FeatureStore, work, kind, part, partitions, neighbours):
+    """Pairs (later, earlier) sharing a key in one column of this partition, exact duplicates
+    left out first."""
+    ids, columns, keys = store.partition(kind, part)
+    alive = ~_exact_duplicates(work, ids, partitions)
+    later, earlier = [], []
+    for column in np.unique(columns[alive]):
+        mine = alive & (columns == column)
+        pair = bucket_pairs([keys[mine]], ids[mine], neighbours)
+        later.append(pair[0])
+        earlier.append(pair[1])
+    return _unique_pairs(later, earlier)
+
+
+def bucket_partition(part: Partition, work: Path, units, counts, config) -> dict[str, Any]:
+    """Stage 3 for one partition: verified near-duplicate pairs of text (LSH bands), images and
+    videos (pHash chunks); the first partition also searches image embeddings, globally."""
+    store = FeatureStore(work, units, counts)
+    p, partitions = part.index, config.partitions
+    pairs: dict[str, np.ndarray] = {}
+    result: dict[str, Any] = {}
     if config.text:
-        bands, _ = lsh_parameters(config)
-        ids = store.ids("text")
-        alive = reason[ids] == 0
-        columns = (store.column("text", "bands", b)[alive] for b in range(bands))
-        later, earlier = bucket_pairs(columns, ids[alive], config.max_bucket_neighbours)
+        later, earlier = _bucket_candidates(
+            store, work, "text", p, partitions, config.max_bucket_neighbours
+        )
         similarity = _estimated_jaccard(store, later, earlier)
         if config.verify == "jaccard":
             sets = _exact_text_sets(
@@ -289,27 +359,36 @@ def find_duplicates(
                 [jaccard(sets[int(a)], sets[int(b)]) for a, b in zip(later, earlier)]
             )
         keep = similarity >= config.threshold if config.verify != "none" else slice(None)
-        clusters("near_duplicate_text", later[keep], earlier[keep], similarity[keep])
+        pairs |= {"text_later": later[keep], "text_earlier": earlier[keep]}
+        pairs["text_score"] = np.asarray(similarity, dtype=np.float64)[keep]
     if config.images:
-        ids = store.ids("image")
-        alive = ids[reason[ids] == 0]
-        hashes = store.rows("image", "hashes", alive) if len(alive) else np.zeros((0, 1), np.uint64)
-        later, earlier, distance = hamming_pairs(hashes, alive, config.hamming)
-        scores = 1.0 - distance / 64.0
-        if config.clip_model and len(alive):
-            vectors = store.rows("image", "embeddings", alive)
-            cos_later, cos_earlier, cosine = cosine_pairs(vectors, alive, config.cosine)
-            later = np.concatenate([later, cos_later])
-            earlier = np.concatenate([earlier, cos_earlier])
-            scores = np.concatenate([scores, cosine])
-        clusters("near_duplicate_image", later, earlier, scores)
-        ids = store.ids("video")
-        alive = ids[reason[ids] == 0]
-        if len(alive):
-            hashes = store.rows("video", "hashes", alive)
-            later, earlier, distance = hamming_pairs(hashes, alive, config.hamming)
-            clusters("near_duplicate_video", later, earlier, 1.0 - distance / 64.0)
-    return {"reason": reason, "kept_as": kept_as, "score": score, "offsets": store.offsets}
+        for kind in ("image", "video"):
+            later, earlier = _bucket_candidates(store, work, kind, p, partitions, 64)
+            distance = np.zeros(0, dtype=np.int64)
+            if len(later):
+                hashes_later = store.rows(kind, "hashes", later)
+                hashes_earlier = store.rows(kind, "hashes", earlier)
+                distance = popcount64(hashes_later ^ hashes_earlier).max(axis=1)
+            keep = distance <= config.hamming
+            pairs |= {f"{kind}_later": later[keep], f"{kind}_earlier": earlier[keep]}
+            pairs[f"{kind}_score"] = 1.0 - distance[keep] / 64.0
+        if config.clip_model and p == 0:
+            ids = np.concatenate(
+                [store.load(u, "image_ordinals") + store.offsets[u] for u in range(len(units))]
+            )
+            ids = ids[~_exact_duplicates(work, ids, partitions)]
+            later = earlier = np.zeros(0, np.int64)
+            cosine, recall = np.zeros(0), 1.0
+            if len(ids):
+                vectors = store.rows("image", "embeddings", ids)
+                later, earlier, cosine, recall = cosine_pairs(
+                    vectors, ids, config.cosine, config.ann_probes
+                )
+            pairs |= {"embedding_later": later, "embedding_earlier": earlier}
+            pairs["embedding_score"] = np.asarray(cosine, dtype=np.float64)
+            result |= {"embedding_recall": recall, "embedding_items": len(ids)}
+    _save(_pairs_folder(work, "buckets", p), pairs)
+    return result | {"pairs": sum(len(v) for k, v in pairs.items() if k.endswith("_later"))}
 
 
 def _estimated_jaccard(store: FeatureStore, later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
@@ -321,8 +400,152 @@ def _estimated_jaccard(store: FeatureStore, later: np.ndarray, earlier: np.ndarr
     return (a == b).mean(axis=1)
 
 
+def _exact_text_sets(units: list[Unit], store: FeatureStore, ids: np.ndarray, ngram: int):
+    """Shingle sets of the given text items, re-read from their shards (exact verification)."""
+    sets = {}
+    unit_of = store.unit_of(ids)
+    for unit in np.unique(unit_of):
+        wanted = set((ids[unit_of == unit] - store.offsets[unit]).tolist())
+        for ordinal, sample in enumerate(iter_items(units[unit].path, lambda error: None)):
+            if ordinal in wanted:
+                sets[int(store.offsets[unit] + ordinal)] = shingles(sample["text"], ngram)
+    return sets
+
+
+# The pair kinds of stage 3 and the removal reason of each; image pHash and embedding pairs are
+# decided together, pHash first (as one keep-first pass over both).
+_CLUSTERED = {
+    "text": ("near_duplicate_text", ("text",)),
+    "image": ("near_duplicate_image", ("image", "embedding")),
+    "video": ("near_duplicate_video", ("video",)),
+}
+
+
+def cluster_pairs(part: Partition, work: Path, config) -> dict[str, Any]:
+    """Stage 4 (one task): connected components of the duplicate pairs, grouped into hash
+    partitions by component, so that keep-first can run on each partition alone."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    arrays = {}
+    for kind, (_, sources) in _CLUSTERED.items():
+        later, earlier, score = [], [], []
+        for source in sources:
+            found = [
+                _pairs_folder(work, "buckets", p) / f"{source}_later.npy"
+                for p in range(config.partitions)
+            ]
+            if not found[0].is_file():
+                continue
+            parts = [_load_arrays(f.parent, tuple(f"{source}_{n}" for n in NAMES)) for f in found]
+            codes = np.concatenate([_pair_codes(x[0], x[1]) for x in parts])
+            scores = np.concatenate([x[2] for x in parts]).astype(np.float64)
+            # a pair found in several partitions (several bands) has the same score in each
+            codes, first = np.unique(codes, return_index=True)
+            pair_later, pair_earlier = _split_codes(codes)
+            later.append(pair_later)
+            earlier.append(pair_earlier)
+            score.append(scores[first])
+        later_all = np.concatenate(later) if later else np.zeros(0, np.int64)
+        earlier_all = np.concatenate(earlier) if earlier else np.zeros(0, np.int64)
+        score_all = np.concatenate(score) if score else np.zeros(0)
+        nodes, inverse = np.unique(np.concatenate([later_all, earlier_all]), return_inverse=True)
+        edges = len(later_all)
+        part_of = np.zeros(0, np.int64)
+        if edges:
+            graph = coo_matrix(
+                (np.ones(edges, np.int8), (inverse[:edges], inverse[edges:])),
+                shape=(len(nodes), len(nodes)),
+            )
+            count, labels = connected_components(graph, directed=False)
+            # a component's key is its first item: the same whatever order scipy labels them in
+            first_node = np.full(count, np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(first_node, labels, nodes)
+            part_of = partition_of(first_node[labels[inverse[:edges]]], 0, config.partitions)
+        order = np.argsort(part_of, kind="stable")
+        arrays |= {
+            f"{kind}_later": later_all[order],
+            f"{kind}_earlier": earlier_all[order],
+            f"{kind}_score": score_all[order],
+            f"{kind}_offsets": np.searchsorted(part_of[order], np.arange(config.partitions + 1)),
+        }
+    _save(work / "pairs" / "clusters", arrays)
+    return {"pairs": {kind: len(arrays[f"{kind}_later"]) for kind in _CLUSTERED}}
+
+
+def keep_partition(part: Partition, work: Path, config) -> dict[str, Any]:
+    """Stage 5 for one partition of components: keep-first in the global order."""
+    folder = work / "pairs" / "clusters"
+    removed, kept, scores, reasons = [], [], [], []
+    for kind, (reason, _) in _CLUSTERED.items():
+        start, stop = np.load(folder / f"{kind}_offsets.npy")[part.index : part.index + 2]
+        later, earlier, score = (
+            np.load(folder / f"{kind}_{name}.npy", mmap_mode="r")[start:stop] for name in NAMES
+        )
+        ids, kept_as, best = keep_first(np.asarray(later), np.asarray(earlier), np.asarray(score))
+        removed.append(ids)
+        kept.append(kept_as)
+        scores.append(best)
+        reasons.append(np.full(len(ids), REASONS.index(reason), dtype=np.int8))
+    ids = np.concatenate(removed)
+    order = np.argsort(ids)
+    _save(
+        _pairs_folder(work, "keep", part.index),
+        {
+            "later": ids[order],
+            "earlier": np.concatenate(kept)[order],
+            "score": np.concatenate(scores)[order],
+            "reason": np.concatenate(reasons)[order],
+        },
+    )
+    return {"removed": len(ids)}
+
+
+def decide_unit(unit: Unit, work: Path, units, counts, config) -> dict[str, Any]:
+    """Stage 6 for one unit: its removed items, their reasons and kept duplicates, as JSON."""
+    from fmmm.utils.io import atomic_write_json
+
+    store = FeatureStore(work, units, counts)
+    position = units.index(unit)
+    start, stop = store.offsets[position], store.offsets[position + 1]
+    later, earlier, score, reason = [], [], [], []
+    bad = store.load(position, "bad") + start
+    later.append(bad)
+    earlier.append(np.full(len(bad), -1, np.int64))
+    score.append(np.full(len(bad), np.nan))
+    reason.append(np.full(len(bad), REASONS.index("bad_data"), np.int8))
+    for stage in ("exact", "keep"):
+        for part in range(config.partitions):
+            folder = _pairs_folder(work, stage, part)
+            ids = np.load(folder / "later.npy", mmap_mode="r")
+            first, last = np.searchsorted(ids, [start, stop])
+            later.append(np.asarray(ids[first:last]))
+            earlier.append(np.asarray(np.load(folder / "earlier.npy", mmap_mode="r")[first:last]))
+            if stage == "exact":
+                score.append(np.ones(last - first))
+                reason.append(np.full(last - first, REASONS.index("exact_duplicate"), np.int8))
+            else:
+                score.append(np.asarray(np.load(folder / "score.npy", mmap_mode="r")[first:last]))
+                reason.append(np.asarray(np.load(folder / "reason.npy", mmap_mode="r")[first:last]))
+    later, earlier = np.concatenate(later), np.concatenate(earlier)
+    score, reason = np.concatenate(score), np.concatenate(reason)
+    decisions = {}
+    for index in np.argsort(later, kind="stable").tolist():
+        entry: dict[str, Any] = {"reason": REASONS[reason[index]]}
+        if earlier[index] >= 0:
+            kept_unit = int(store.unit_of(earlier[index]))
+            kept_position = store.load(kept_unit, "position")[
+                earlier[index] - store.offsets[kept_unit]
+            ]
+            entry["duplicate_of"] = f"{units[kept_unit].path}:{int(kept_position)}"
+            entry["detail"] = f"similarity {score[index]:.3f}"
+        decisions[str(int(later[index] - start))] = entry
+    atomic_write_json(work / "decisions" / f"{unit.index:06d}.json", decisions)
+    return {"removed": len(decisions)}
+
+
 def write_unit(unit: Unit, work: Path) -> dict[str, Any]:
-    """Stage 3 for one unit: write the kept items, log the removed ones."""
+    """Stage 7 for one unit: write the kept items, log the removed ones."""
     decisions = json.loads((work / "decisions" / f"{unit.index:06d}.json").read_text())
     removed_at = {int(k): v for k, v in decisions.items()}
     removed, kept = [], []
@@ -352,76 +575,57 @@ def write_unit(unit: Unit, work: Path) -> dict[str, Any]:
     return {"items_in": items, "items_out": len(kept), "removed": removed}
 
 
-def _save_decisions(units: list[Unit], work: Path, found: dict[str, np.ndarray]) -> None:
-    from fmmm.utils.io import atomic_write_json
-
-    offsets, reason, kept_as, score = (
-        found["offsets"],
-        found["reason"],
-        found["kept_as"],
-        found["score"],
-    )
-    positions = None
-    for position, unit in enumerate(units):
-        start, stop = offsets[position], offsets[position + 1]
-        removed = np.flatnonzero(reason[start:stop] != 0)
-        decisions = {}
-        for ordinal in removed.tolist():
-            item = start + ordinal
-            entry: dict[str, Any] = {"reason": REASONS[reason[item]]}
-            if kept_as[item] >= 0:
-                if positions is None:
-                    positions = FeatureStore(work, units, list(np.diff(offsets))).items("position")
-                rep_unit = int(np.searchsorted(offsets, kept_as[item], side="right") - 1)
-                entry["duplicate_of"] = f"{units[rep_unit].path}:{int(positions[kept_as[item]])}"
-                entry["detail"] = f"similarity {score[item]:.3f}"
-            decisions[str(ordinal)] = entry
-        atomic_write_json(work / "decisions" / f"{unit.index:06d}.json", decisions)
+def _lsh_notes(config: DedupConfig) -> list[str]:
+    bands, rows = lsh_parameters(config)
+    probability = float(detection_probability(config.threshold, bands, rows))
+    notes = [
+        f"MinHash LSH: {config.num_perm} permutations, {bands} bands x {rows} rows; "
+        f"a pair at Jaccard {config.threshold} is a candidate with probability {probability:.3f} "
+        "(S-curve 1-(1-s^r)^b: "
+        + ", ".join(
+            f"{s:.2f}->{float(detection_probability(s, bands, rows)):.3f}"
+            for s in (0.5, 0.7, 0.9, 0.95)
+        )
+        + ")"
+    ]
+    if probability < 0.5:
+        notes.append(
+            f"warning: detection probability {probability:.3f} < 0.5 at the threshold: most "
+            "near duplicates at the threshold will be missed; use more bands or fewer rows"
+        )
+    return notes
 
 
 def dedup(inputs: list[str], output: str, config: DedupConfig) -> dict[str, Any]:
-    """Run the three stages; write shards, report.json, removed.jsonl and summary.txt to `output`."""
-    from fmmm.config import config_to_dict
-
+    """Run the stages; write shards, report.json, removed.jsonl and summary.txt to `output`."""
     units = list_units(inputs, output)
-    settings = config_to_dict(config)
-    for key in ("workers", "progress"):
-        settings.pop(key)
+    settings = computed_settings(config)
     work = work_folder(output, "dedup", settings, units)
-    notes = []
-    if config.text:
-        bands, rows = lsh_parameters(config)
-        probability = float(detection_probability(config.threshold, bands, rows))
-        notes.append(
-            f"MinHash LSH: {config.num_perm} permutations, {bands} bands x {rows} rows; "
-            f"a pair at Jaccard {config.threshold} is a candidate with probability {probability:.3f} "
-            "(S-curve 1-(1-s^r)^b: "
-            + ", ".join(
-                f"{s:.2f}->{float(detection_probability(s, bands, rows)):.3f}"
-                for s in (0.5, 0.7, 0.9, 0.95)
-            )
-            + ")"
-        )
-        print(notes[-1], file=sys.stderr)
-        if probability < 0.5:
-            notes.append(
-                f"warning: detection probability {probability:.3f} < 0.5 at the threshold: most "
-                "near duplicates at the threshold will be missed; use more bands or fewer rows"
-            )
-            print(notes[-1], file=sys.stderr)
-    features, reused_features = run_units(
-        extract_features, units, work, "features", config.workers, config.progress, (config,)
-    )
+    notes = _lsh_notes(config) if config.text else []
+    for note in notes:
+        print(note, file=sys.stderr)
+    features, _ = run_units(extract_features, units, work, "features", config, (config,))
     counts = [result["items"] for result in features]
-    found = find_duplicates(units, counts, work, config)
-    _save_decisions(units, work, found)
-    written, reused = run_units(write_unit, units, work, "write", config.workers, config.progress)
+    partitions = [Partition(p) for p in range(config.partitions)]
+    shared = (units, counts, config)
+    run_units(exact_partition, partitions, work, "exact", config, shared)
+    buckets, _ = run_units(bucket_partition, partitions, work, "buckets", config, shared)
+    run_units(cluster_pairs, [Partition(0)], work, "clusters", config, (config,))
+    run_units(keep_partition, partitions, work, "keep", config, (config,))
+    run_units(decide_unit, units, work, "decide", config, shared)
+    written, reused = run_units(write_unit, units, work, "write", config)
+    if "embedding_recall" in buckets[0]:
+        notes.append(
+            f"image embedding search: recall {buckets[0]['embedding_recall']:.3f} against "
+            f"exhaustive search on a sample of {min(RECALL_SAMPLE, buckets[0]['embedding_items'])}"
+            f" of {buckets[0]['embedding_items']} images"
+        )
     report = {
         "units": len(units),
         "units_reused": reused,
         "items_in": int(sum(counts)),
         "items_out": int(sum(r["items_out"] for r in written)),
-        "config": config_to_dict(config),
+        "config": settings,
         "notes": notes,
         "errors": [error for result in features for error in result["errors"]],
         "outputs": [unit.output for unit in units],

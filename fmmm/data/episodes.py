@@ -134,7 +134,7 @@ def sim_eval_episodes(spec: str) -> list[dict[str, Any]]:
     task, episodes = parts[1], int(parts[2])
     base_seed = int(parts[3]) if len(parts) == 4 else 0
     from fmmm.envs import make_env
-    from fmmm.eval.seeds import episode_seed
+    from fmmm.envs.seeds import episode_seed
 
     env = make_env(task, render=False)
     try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fmmm.data.config import FilterConfig
+from fmmm.data.config import FilterConfig, computed_settings
 from fmmm.data.minhash import batch_word_hashes, ngram_hashes, normalize_text
 from fmmm.data.pipeline import Unit, iter_items, list_units, run_units, work_folder, write_report
 from fmmm.data.shards import Sample, ShardError, decode_image, write_shard
@@ -300,18 +300,15 @@ def filter_corpus(inputs: list[str], output: str, config: FilterConfig) -> dict[
     """Filter every unit; write shards, report.json, removed.jsonl and summary.txt to `output`."""
     import json
 
-    from fmmm.config import config_to_dict
-
     units = list_units(inputs, output)
-    settings = {k: v for k, v in config_to_dict(config).items() if k not in ("workers", "progress")}
+    settings = computed_settings(config)
     work = work_folder(output, "filter", settings, units)
     results, reused = run_units(
         filter_unit,
         units,
         work,
         "filter",
-        config.workers,
-        config.progress,
+        config,
         (config,),
         _init_worker,
         (config,),
@@ -322,7 +319,7 @@ def filter_corpus(inputs: list[str], output: str, config: FilterConfig) -> dict[
         "items_in": sum(r["items_in"] for r in results),
         "items_out": sum(r["items_out"] for r in results),
         "lines_removed_by_c4": sum(r["lines_removed"] for r in results),
-        "config": config_to_dict(config),
+        "config": settings,
         "errors": [e for r in results for e in r["errors"]],
         "outputs": [unit.output for unit in units],
     }

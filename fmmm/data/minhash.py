@@ -210,6 +210,18 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
         return _mix64(combined)
 
 
+def partition_of(keys: np.ndarray, salt: np.ndarray | int, partitions: int) -> np.ndarray:
+    """Hash partition in [0, partitions) of each uint64 key, salted by its column (band, chunk).
+
+    Equal keys of one column always land in one partition: every LSH bucket is whole in one.
+    """
+    with np.errstate(over="ignore"):
+        salted = np.asarray(keys, dtype=np.uint64) ^ (
+            np.asarray(salt, dtype=np.uint64) * _NGRAM_BASE
+        )
+        return (_mix64(salted) % np.uint64(partitions)).astype(np.int64)
+
+
 def detection_probability(similarity: float | np.ndarray, bands: int, rows: int) -> np.ndarray:
     """LSH S-curve: probability that a pair of Jaccard `similarity` shares at least one band."""
     return 1.0 - (1.0 - np.asarray(similarity, dtype=np.float64) ** rows) ** bands

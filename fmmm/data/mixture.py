@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fmmm.data.config import MixConfig, StatsConfig
+from fmmm.data.config import MixConfig, StatsConfig, computed_settings
 from fmmm.data.pipeline import Unit, iter_items, list_units, run_units, work_folder
 from fmmm.data.shards import PAYLOADS, Sample, ShardError, ShardWriter
 from fmmm.utils.io import atomic_write_json, atomic_write_text
@@ -71,8 +71,7 @@ def _collect_stats(units: list[Unit], work: Path, config) -> tuple[list[dict], i
         units,
         work,
         "stats",
-        config.workers,
-        config.progress,
+        config,
         initializer=_init_worker,
         initargs=(tokenizer,),
     )
@@ -189,8 +188,6 @@ def _source_stream(units: list[Unit], counts: np.ndarray, epochs: int) -> Iterat
 
 def mix(inputs: list[str], output: str, config: MixConfig) -> dict[str, Any]:
     """Write a corpus following the target proportions, interleaving sources smoothly."""
-    from fmmm.config import config_to_dict
-
     units = list_units(inputs, output)
     work = work_folder(output, "mix", {}, units)
     results, reused = _collect_stats(units, work, config)
@@ -211,7 +208,7 @@ def mix(inputs: list[str], output: str, config: MixConfig) -> dict[str, Any]:
         counts = _repeats(available[source], targets[source], rng)
         mine = [u for u in units if u.source == source]
         streams[source] = _source_stream(mine, counts, int(counts.max()))
-    from tqdm import tqdm
+    from fmmm.utils.progress import progress
 
     out = Path(output) / "shards"
     written = {s: 0 for s in streams}
@@ -219,7 +216,7 @@ def mix(inputs: list[str], output: str, config: MixConfig) -> dict[str, Any]:
     total = sum(targets.values())
     with (
         ShardWriter(out, fmt, config.samples_per_shard, prefix="mix") as writer,
-        tqdm(total=total, desc="mix", unit="item", disable=not config.progress) as bar,
+        progress(total=total, desc="mix", unit="item", disable=not config.progress) as bar,
     ):
         # smooth weighted round robin: deterministic, every prefix close to the proportions,
         # and exactly targets[source] items of each source at the end
@@ -248,7 +245,7 @@ def mix(inputs: list[str], output: str, config: MixConfig) -> dict[str, Any]:
         "written": written,
         "shares": shares,
         "shards": [str(p) for p in writer.paths],
-        "config": config_to_dict(config),
+        "config": computed_settings(config),
         "errors": [e for r in results for e in r["errors"]],
     }
     atomic_write_json(Path(output) / "report.json", report)

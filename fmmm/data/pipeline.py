@@ -1,7 +1,7 @@
 """The machinery every curation command shares: input units, parallel resumable shard maps, reports.
 
 A unit is one input shard (.tar / .jsonl) or one robot dataset folder. Units are processed in
-worker processes, each result is written atomically to the run's work folder
+worker processes or Ray tasks (`executor=local|ray`, fmmm/data/executor.py), each result is written atomically to the run's work folder
 (`OUTPUT/.work/<command>-<fingerprint>/`), and a unit with a result there is not redone: a run that
 crashed resumes where it stopped. The fingerprint covers the config and the inputs' sizes and
 modification times, so a changed config or input starts afresh.
@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from fmmm.data.config import RunConfig
 from fmmm.data.episodes import is_robot_dataset, iter_episodes
+from fmmm.data.executor import make_executor
 from fmmm.data.minhash import content_hash
 from fmmm.data.shards import SHARD_SUFFIXES, Sample, ShardError, iter_samples
 from fmmm.utils.io import atomic_write_json, atomic_write_text
@@ -125,17 +125,18 @@ def run_units(
     units: list[Unit],
     work: Path,
     stage: str,
-    workers: int,
-    progress: bool,
+    run: RunConfig,
     args: tuple = (),
     initializer: Callable[..., None] | None = None,
     initargs: tuple = (),
 ) -> tuple[list[dict[str, Any]], int]:
     """Run `function(unit, work, *args) -> dict` on every unit not already done in this stage.
 
-    Returns the results in unit order and how many were reused from an earlier run.
+    `units` are shards, or anything with an `index` (the hash partitions of dedup); they run
+    where `run.executor` says. Returns the results in unit order and how many were reused from
+    an earlier run.
     """
-    from tqdm import tqdm
+    from fmmm.utils.progress import progress
 
     folder = work / stage
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +149,9 @@ def run_units(
         else:
             todo.append(position)
     reused = len(units) - len(todo)
-    bar = tqdm(total=len(units), initial=reused, desc=stage, unit="shard", disable=not progress)
+    bar = progress(
+        total=len(units), initial=reused, desc=stage, unit="shard", disable=not run.progress
+    )
 
     def finish(position: int, result: dict[str, Any]) -> None:
         atomic_write_json(folder / f"{units[position].index:06d}.json", result)
@@ -156,22 +159,13 @@ def run_units(
         bar.update(1)
 
     try:
-        if workers <= 1 or len(todo) <= 1:
-            if initializer is not None:
-                initializer(*initargs)
-            for position in todo:
-                finish(position, function(units[position], work, *args))
-        else:
-            context = get_context("spawn")
-            with ProcessPoolExecutor(
-                min(workers, len(todo)), context, initializer=initializer, initargs=initargs
-            ) as pool:
-                futures = {
-                    pool.submit(function, units[position], work, *args): position
-                    for position in todo
-                }
-                for future in as_completed(futures):
-                    finish(futures[future], future.result())
+        if todo:
+            executor = make_executor(run)
+            pending = [units[position] for position in todo]
+            for done, result in executor.map_unordered(
+                function, pending, (work, *args), initializer, initargs
+            ):
+                finish(todo[done], result)
     finally:
         bar.close()
     return results, reused

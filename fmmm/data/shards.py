@@ -247,6 +247,64 @@ def _emit(
         _report(error, on_error)
 
 
+class ShardDataset:
+    """Random access to the samples of tar and JSONL shards: `dataset[i]` reads only sample i.
+
+    One pass with `iter_samples` records where each valid sample starts (a byte offset), so a
+    mixture can read samples from shards in any order. `inputs` is what `list_shards` takes.
+    """
+
+    def __init__(self, inputs: str | os.PathLike | Iterable[str | os.PathLike]):
+        self.paths = list_shards(inputs)
+        self.entries: list[tuple[int, int]] = []  # (shard index, byte offset)
+        for shard, path in enumerate(self.paths):
+            line_offsets = _line_offsets(path) if path.suffix == ".jsonl" else None
+            for sample in iter_samples(path):
+                position = sample["position"]
+                offset = line_offsets[position - 1] if line_offsets is not None else position
+                self.entries.append((shard, offset))
+        if not self.entries:
+            raise ValueError(f"no samples in {', '.join(map(str, self.paths))}")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Sample:
+        shard, offset = self.entries[index]
+        path = self.paths[shard]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if path.suffix == ".jsonl":
+                record = json.loads(f.readline())
+                return text_sample(record, path, offset, record.get("id", f"{path.stem}:{index}"))
+            return _read_tar_sample(f, path, offset)
+
+
+def _line_offsets(path: Path) -> list[int]:
+    offsets, position = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            offsets.append(position)
+            position += len(line)
+    return offsets
+
+
+def _read_tar_sample(f: io.BufferedReader, path: Path, offset: int) -> Sample:
+    tar = tarfile.open(fileobj=f, mode="r:")
+    key, members = None, {}
+    for info in tar:
+        if not info.isfile():
+            continue
+        member_key, ext = _split_member_name(info.name)
+        if key is not None and member_key != key:
+            break
+        key = member_key
+        members[ext] = tar.extractfile(info).read()
+    if key is None:
+        raise ValueError(f"{path}:{offset}: no sample at this offset")
+    return _sample_from_members(key, members, path, offset)
+
+
 def decode_image(sample: Sample) -> np.ndarray:
     """Decode the sample's image to uint8 (H, W, 3) RGB; a bad image raises `ShardError`."""
     from PIL import Image

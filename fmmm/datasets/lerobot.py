@@ -72,7 +72,7 @@ def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
 
 def export_lerobot(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Write the fmmm dataset at `source` as a LeRobot v2.1 dataset folder `destination`."""
-    from tqdm import tqdm
+    from fmmm.utils.progress import progress
 
     dataset = robot.RobotDataset(source)
     destination = Path(destination)
@@ -103,7 +103,7 @@ def export_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
             }
     with atomic_dir(destination) as tmp:
         episode_stats = []
-        for index in tqdm(range(dataset.num_episodes), desc="export", unit="ep"):
+        for index in progress(range(dataset.num_episodes), desc="export", unit="ep"):
             episode = dataset.episode(index)
             atomic_write_bytes(robot.episode_path(tmp, index), _low_dim_table_bytes(episode))
             for key in dataset.camera_keys:
@@ -157,12 +157,8 @@ def _decode_images(column: list[Any], root: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """Convert the LeRobot v2.x dataset folder `source` into an fmmm dataset at `destination`."""
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-
-    source = Path(source)
+def _read_info(source: Path) -> dict[str, Any]:
+    """`meta/info.json` of the LeRobot v2.x dataset at `source`, checked for what import needs."""
     info_path = source / "meta" / "info.json"
     if not info_path.is_file():
         raise ValueError(f"not a LeRobot dataset: {info_path} is missing")
@@ -176,6 +172,53 @@ def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
     for key in ("features", "fps", "data_path"):
         if key not in info:
             raise ValueError(f"corrupt {info_path}: missing key {key!r}")
+    return info
+
+
+def _read_episode(source: Path, info: dict[str, Any], index: int) -> tuple[robot.Episode, int]:
+    """Episode `index` of a LeRobot dataset (camera frames, then low-dim columns) and its length."""
+    import pyarrow.parquet as pq
+
+    chunk = index // info.get("chunks_size", robot.CHUNK_SIZE)
+    data_path = source / info["data_path"].format(episode_chunk=chunk, episode_index=index)
+    try:
+        table = pq.read_table(data_path).to_pydict()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {data_path}: {' '.join(str(exc).split())}") from None
+    features = info["features"]
+    camera_keys = [k for k, f in features.items() if f["dtype"] in ("video", "image")]
+    episode: robot.Episode = {}
+    for key in camera_keys:
+        if features[key]["dtype"] == "image":
+            episode[key] = _decode_images(table[key], source)
+            continue
+        video_path = info["video_path"].format(
+            episode_chunk=chunk, video_key=key, episode_index=index
+        )
+        video = _read_video(source / video_path)
+        # rows map to video frames through their timestamps
+        frame_ids = np.rint(np.asarray(table["timestamp"]) * info["fps"]).astype(np.int64)
+        if frame_ids.max() >= len(video):
+            raise ValueError(
+                f"video of {key} episode {index} has {len(video)} frames, rows need {frame_ids.max() + 1}"
+            )
+        episode[key] = video[frame_ids]
+    for key, spec in features.items():
+        if key in camera_keys or key not in table:
+            continue
+        values = np.asarray(table[key], dtype=np.dtype(spec["dtype"]))
+        if values.ndim == 2 and values.shape[1] == 1 and spec["shape"] == [1]:
+            values = values[:, 0]
+        episode[key] = values
+    return episode, len(table["frame_index"])
+
+
+def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Convert the LeRobot v2.x dataset folder `source` into an fmmm dataset at `destination`."""
+    from fmmm.utils.progress import progress
+
+    source = Path(source)
+    info = _read_info(source)
     episodes_meta = robot.read_jsonl(source / "meta" / "episodes.jsonl")
     tasks = [
         row["task"]
@@ -183,45 +226,10 @@ def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
             robot.read_jsonl(source / "meta" / "tasks.jsonl"), key=lambda r: r["task_index"]
         )
     ]
-    camera_keys = [k for k, f in info["features"].items() if f["dtype"] in ("video", "image")]
-    fps = info["fps"]
     with atomic_dir(destination) as tmp:
         rows, samples, features, offset = [], [], None, 0
-        for new_index, meta in enumerate(tqdm(episodes_meta, desc="import", unit="ep")):
-            index = meta["episode_index"]
-            chunk = index // info.get("chunks_size", robot.CHUNK_SIZE)
-            data_path = source / info["data_path"].format(episode_chunk=chunk, episode_index=index)
-            try:
-                table = pq.read_table(data_path).to_pydict()
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"cannot read {data_path}: {' '.join(str(exc).split())}") from None
-            length = len(table["frame_index"])
-            episode: robot.Episode = {}
-            for key in camera_keys:
-                if info["features"][key]["dtype"] == "image":
-                    episode[key] = _decode_images(table[key], source)
-                    continue
-                video = _read_video(
-                    source
-                    / info["video_path"].format(
-                        episode_chunk=chunk, video_key=key, episode_index=index
-                    )
-                )
-                # rows map to video frames through their timestamps
-                frame_ids = np.rint(np.asarray(table["timestamp"]) * fps).astype(np.int64)
-                if frame_ids.max() >= len(video):
-                    raise ValueError(
-                        f"video of {key} episode {index} has {len(video)} frames, rows need {frame_ids.max() + 1}"
-                    )
-                episode[key] = video[frame_ids]
-            for key, spec in info["features"].items():
-                if key in camera_keys or key not in table:
-                    continue
-                dtype = np.dtype("bool" if spec["dtype"] == "bool" else spec["dtype"])
-                values = np.asarray(table[key], dtype=dtype)
-                if values.ndim == 2 and values.shape[1] == 1 and spec["shape"] == [1]:
-                    values = values[:, 0]
-                episode[key] = values
+        for new_index, meta in enumerate(progress(episodes_meta, desc="import", unit="ep")):
+            episode, length = _read_episode(source, info, meta["episode_index"])
             episode["episode_index"] = np.full(length, new_index, dtype=np.int64)
             episode["index"] = np.arange(offset, offset + length, dtype=np.int64)
             robot.write_episode(robot.episode_path(tmp, new_index), episode)
@@ -236,14 +244,9 @@ def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
             for k, v in info.items()
             if k in ("mujoco_version", "scene_sha256", "env", "collection", "robot_type")
         }
+        origin = {"lerobot_codebase_version": info["codebase_version"], "path": str(source)}
         new_info = robot.dataset_info(
-            fps,
-            features,
-            rows,
-            offset,
-            tasks,
-            source={"lerobot_codebase_version": version, "path": str(source)},
-            **kept,
+            info["fps"], features, rows, offset, tasks, source=origin, **kept
         )
         robot.write_metadata(tmp, new_info, rows, tasks, robot.compute_stats(samples))
     return Path(destination)

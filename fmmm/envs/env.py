@@ -105,7 +105,32 @@ class TabletopEnv(gym.Env):
         self.max_steps = self.spec_task.max_steps
         self.metadata = {**self.metadata, "render_fps": control_hz}
         self.task = build_task(self.spec_task, self.model)
+        self._index_arm()
+        self._jac = np.zeros((6, self.model.nv))
+        self._jjt = np.zeros((6, 6))
+        self._error = np.zeros(6)
+        self._solution = np.zeros(6)
+        self._damping = 2.5e-3 * np.eye(6)
+        self._target_pos = np.zeros(3)
+        self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        # Scratch quaternions and vectors for the per-step orientation arithmetic.
+        self._ee_quat, self._delta_quat, self._quat = np.zeros(4), np.zeros(4), np.zeros(4)
+        self._rot_error = np.zeros(3)
+        self._state_buffer = np.zeros(STATE_DIM, dtype=np.float32)
+        self._renderer: mujoco.Renderer | None = None
+        self._steps = 0
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
+        spaces: dict[str, gym.Space] = {
+            "state": gym.spaces.Box(-STATE_BOUND, STATE_BOUND, dtype=np.float32),
+            "instruction": gym.spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
+        }
+        if render:
+            image = gym.spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+            spaces = {"agentview": image, "wrist": image, **spaces}
+        self.observation_space = gym.spaces.Dict(spaces)
 
+    def _index_arm(self) -> None:
+        """Index slices and ids of the arm, fingers and end-effector site in the compiled model."""
         model = self.model
         # The arm's joints, dofs and actuators come first and in order in arm.xml: slices keep
         # the per-step indexing cheap.
@@ -125,29 +150,6 @@ class TabletopEnv(gym.Env):
         self.arm_low, self.arm_high = model.jnt_range[joint_ids].T.copy()
         self.home_qpos = model.numeric("home_qpos").data.copy()
         self.ee_site = model.site("ee").id
-        self._jac = np.zeros((6, model.nv))
-        self._jjt = np.zeros((6, 6))
-        self._error = np.zeros(6)
-        self._solution = np.zeros(6)
-        self._damping = 2.5e-3 * np.eye(6)
-        self._target_pos = np.zeros(3)
-        self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
-        # Scratch quaternions and vectors for the per-step orientation arithmetic.
-        self._ee_quat, self._delta_quat, self._quat = np.zeros(4), np.zeros(4), np.zeros(4)
-        self._rot_error = np.zeros(3)
-        self._state_buffer = np.zeros(STATE_DIM, dtype=np.float32)
-        self._renderer: mujoco.Renderer | None = None
-        self._steps = 0
-
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
-        spaces: dict[str, gym.Space] = {
-            "state": gym.spaces.Box(-STATE_BOUND, STATE_BOUND, dtype=np.float32),
-            "instruction": gym.spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
-        }
-        if render:
-            image = gym.spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
-            spaces = {"agentview": image, "wrist": image, **spaces}
-        self.observation_space = gym.spaces.Dict(spaces)
 
     # ----- gymnasium API -----
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:

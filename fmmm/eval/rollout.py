@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fmmm.eval.seeds import episode_seed
+from fmmm.envs.seeds import episode_seed
 from fmmm.policies.base import Policy
 
 StepHook = Callable[[dict[str, Any], np.ndarray, dict[str, Any]], None]
@@ -228,9 +228,8 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `policy` (name or run dir) on `tasks`; per-episode rows, per-task summaries, timings."""
-    from tqdm import tqdm
-
     import fmmm.envs
+    from fmmm.utils.progress import progress as progress_bar
 
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
@@ -259,7 +258,9 @@ def evaluate(
     if workers == 1:
         initargs += (factory,)  # in-process: reuse the loaded policy rather than load it again
     results = parallel_map(_eval_one, items, workers, _init_eval_worker, initargs)
-    for row in tqdm(results, total=len(items), desc="eval", disable=not progress, unit="ep"):
+    for row in progress_bar(
+        results, total=len(items), desc="eval", disable=not progress, unit="ep"
+    ):
         rows.append(row)
     wall = time.perf_counter() - start
     rows.sort(key=lambda r: (tasks.index(r["task"]), r["episode"]))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmmm.models.backbone import KVCache, Transformer, TransformerConfig
-from fmmm.models.encoders import (
+from fmmm.models.embeddings import (
     ConvStem,
     PatchEmbedding,
     PooledProjection,

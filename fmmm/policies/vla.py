@@ -28,8 +28,6 @@ from torch import nn
 
 from fmmm.models.multimodal import TOKENIZERS_DIR, MultimodalModel
 from fmmm.policies.factory import PolicyFactory, policy_registry
-from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
-from fmmm.tokenizers.image import ImageTokenizer
 from fmmm.tokenizers.sequence import (
     IGNORE_INDEX,
     Modality,
@@ -37,7 +35,6 @@ from fmmm.tokenizers.sequence import (
     Segment,
     SequenceBuilder,
 )
-from fmmm.tokenizers.text import TextTokenizer
 from fmmm.utils.io import atomic_write_bytes, atomic_write_json
 
 ACTION_DIM = 7
@@ -160,18 +157,12 @@ class VLA(nn.Module):
 
     # ------------------------------------------------------------------ sequences
     def prefix_segments(self, observation: dict[str, Any]) -> list[Segment]:
-        """Prefix of one observation: BOS, instruction, camera images, state, then `<|action|>`.
-
-        The instruction comes first so that every action token sits at the same offset from every
-        image patch whatever the instruction's length: rotary attention then reads where a patch
-        lies in the image directly from the query-key offset.
-        """
+        """Prefix of one observation in the robot layout of `SequenceBuilder.vla_sample`:
+        BOS, instruction, camera images (patches standardized per camera), state, `<|action|>`."""
         instruction = observation.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("observation needs a non-empty 'instruction' string")
-        text = self.builder.text_tokenizer
-        segments = [Segment(Modality.TEXT, ids=[text.bos_id], prefix=True)]
-        segments += self.builder.text(instruction, prefix=True, loss=False)
+        images = []
         for camera in self.config.cameras:
             if camera not in observation:
                 raise ValueError(f"observation has no {camera!r} image")
@@ -180,12 +171,13 @@ class VLA(nn.Module):
                 raise ValueError(
                     f"observation[{camera!r}] must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}"
                 )
-            *marker, patches = self.builder.image(image.permute(2, 0, 1))
-            patches.features = self.patch_normalizer(camera, patches.features)
-            segments += [*marker, patches]
-        if self.config.use_state:
-            segments += self.builder.state(np.array(observation["state"], dtype=np.float32))
-        return segments + [Segment(Modality.TEXT, ids=[text.action_id])]
+            images.append(image.permute(2, 0, 1))
+        state = np.array(observation["state"], dtype=np.float32) if self.config.use_state else None
+        segments = self.builder.vla_sample(images, state, instruction)
+        patches = [segment for segment in segments if segment.modality == Modality.IMAGE]
+        for camera, segment in zip(self.config.cameras, patches):
+            segment.features = self.patch_normalizer(camera, segment.features)
+        return segments
 
     def training_batch(
         self, prefixes: list[list[Segment]], action_ids: torch.Tensor, action_mask: torch.Tensor
@@ -274,13 +266,11 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ files
     def save(self, run_dir: str | os.PathLike, adaptation: str = "full") -> None:
         """Write policy.json, the model with its tokenizers, and the LoRA adapter if any."""
+        from fmmm.models.factory import builder_tokenizers
         from fmmm.policies.lora import base_state_dict, save_adapter
 
         run_dir = Path(run_dir)
-        tokenizers = {"text": self.builder.text_tokenizer, "image": self.builder.image_tokenizer}
-        tokenizers["action"] = self.builder.action_tokenizer
-        if self.builder.state_normalizer is not None:
-            tokenizers["state"] = self.builder.state_normalizer
+        tokenizers = builder_tokenizers(self.builder)
         if is_lora(self.model):
             save_adapter(self.model, run_dir / ADAPTER_DIR)
             base = MultimodalModel(self.model.get_base_model().config)
@@ -307,6 +297,7 @@ class VLA(nn.Module):
         cls, run_dir: Path, spec: dict[str, Any], merge: bool = True, **overrides: Any
     ) -> VLA:
         """Build from a policy.json dict (with or without its "type" key)."""
+        from fmmm.models.factory import load_model_and_builder
         from fmmm.policies.lora import load_adapter, merge_adapter
 
         fields = {f.name for f in dataclasses.fields(VLAConfig)}
@@ -315,31 +306,19 @@ class VLA(nn.Module):
         if unknown:
             raise ValueError(f"{run_dir / POLICY_FILE}: unknown keys {', '.join(sorted(unknown))}")
         config = VLAConfig(**{**values, **overrides})
-        model = MultimodalModel.from_pretrained(run_dir / MODEL_DIR)
+        model, builder = load_model_and_builder(run_dir / MODEL_DIR)
         if (run_dir / ADAPTER_DIR).is_dir():
             model = load_adapter(model, run_dir / ADAPTER_DIR)
             if merge:
                 model = merge_adapter(model)
         model.eval()
-        tokenizer_dir = run_dir / MODEL_DIR / TOKENIZERS_DIR
-        builder = load_builder(tokenizer_dir, config.use_state)
-        return cls(model, builder, config, PatchNormalizer.load(tokenizer_dir))
+        patch_normalizer = PatchNormalizer.load(run_dir / MODEL_DIR / TOKENIZERS_DIR)
+        return cls(model, builder, config, patch_normalizer)
 
 
 def is_lora(model: nn.Module) -> bool:
     """Whether `model` is wrapped with LoRA adapters (peft)."""
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
-def load_builder(directory: Path, use_state: bool) -> SequenceBuilder:
-    """The sequence builder from the tokenizers saved beside a model."""
-    state = StateNormalizer.load(directory / "state") if use_state else None
-    return SequenceBuilder(
-        TextTokenizer.load(directory / "text"),
-        image_tokenizer=ImageTokenizer.load(directory / "image"),
-        action_tokenizer=ActionTokenizer.load(directory / "action"),
-        state_normalizer=state,
-    )
 
 
 class VLAPolicy:

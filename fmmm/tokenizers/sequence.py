@@ -396,16 +396,20 @@ class SequenceBuilder:
     def vla_sample(
         self, images: list[torch.Tensor], state, instruction: str, actions=None
     ) -> list[Segment]:
-        """(c) Images + state + instruction as bidirectional prefix, then actions with loss.
+        """(c) Instruction + images + state as bidirectional prefix, then actions with loss.
 
-        Without `actions` the sample ends at the prefix and the action marker, ready for decoding.
+        The one robot layout, in pretraining and in policies: BOS, instruction, images, state,
+        `<|action|>`. The instruction comes first so every action token sits at the same offset
+        from every image patch whatever the instruction's length (rotary attention then reads a
+        patch's place in the image from the query-key offset). Without `actions` the sample ends
+        at the `<|action|>` marker, ready for decoding.
         """
         segments = [Segment(Modality.TEXT, ids=[self.text_tokenizer.bos_id], prefix=True)]
+        segments += self.text(instruction, prefix=True)
         for image in images:
             segments += self.image(image)
         if state is not None:
             segments += self.state(state)
-        segments += self.text(instruction, prefix=True)
         if actions is None:
             return segments + [Segment(Modality.TEXT, ids=[self.text_tokenizer.action_id])]
         return segments + self.actions(actions)

@@ -8,7 +8,6 @@ permutation every epoch. Nothing reads global RNG state.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -130,69 +129,3 @@ class DatasetStream(MixtureStream):
 
     def __init__(self, dataset: IndexedDataset, collate: Callable[[list[Any]], Any], seed: int = 0):
         super().__init__([("data", dataset, 1.0)], lambda samples, _: collate(samples), seed)
-
-
-class ShardDataset:
-    """Random access to the samples of webdataset tar and JSONL shards (`fmmm.data.shards` format).
-
-    One pass with the shard reader records where each valid sample starts; `dataset[i]` then
-    seeks there and reads only that sample, so a mixture can stream from shards in any order.
-    """
-
-    def __init__(self, inputs: Any):
-        from fmmm.data.shards import iter_samples, list_shards
-
-        self.paths = list_shards(inputs)
-        self.entries: list[tuple[int, int]] = []  # (shard index, byte offset)
-        for shard, path in enumerate(self.paths):
-            line_offsets = _line_offsets(path) if path.suffix == ".jsonl" else None
-            for sample in iter_samples(path):
-                position = sample["position"]
-                offset = line_offsets[position - 1] if line_offsets is not None else position
-                self.entries.append((shard, offset))
-        if not self.entries:
-            raise ValueError(f"no samples in {', '.join(map(str, self.paths))}")
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        shard, offset = self.entries[index]
-        path = self.paths[shard]
-        with open(path, "rb") as f:
-            f.seek(offset)
-            if path.suffix == ".jsonl":
-                record = json.loads(f.readline())
-                from fmmm.data.shards import text_sample
-
-                return text_sample(record, path, offset, record.get("id", f"{path.stem}:{index}"))
-            return _read_tar_sample(f, path, offset)
-
-
-def _line_offsets(path: Any) -> list[int]:
-    offsets, position = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            offsets.append(position)
-            position += len(line)
-    return offsets
-
-
-def _read_tar_sample(f: Any, path: Any, offset: int) -> dict[str, Any]:
-    import tarfile
-
-    from fmmm.data.shards import _sample_from_members, _split_member_name
-
-    tar = tarfile.open(fileobj=f, mode="r:")
-    key, members = None, {}
-    for info in tar:
-        if not info.isfile():
-            continue
-        member_key, ext = _split_member_name(info.name)
-        if key is not None and member_key != key:
-            break
-        key = member_key
-        members[ext] = tar.extractfile(info).read()
-    if key is None:
-        raise ValueError(f"{path}:{offset}: no sample at this offset")
-    return _sample_from_members(key, members, path, offset)

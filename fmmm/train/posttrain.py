@@ -14,26 +14,20 @@ reference model (Rafailov et al. 2023). Both evaluate on held-out scenes before 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from fmmm.config import config_to_dict, load_config, save_config
+from fmmm.config import load_config
+from fmmm.models.multimodal import MultimodalConfig
 from fmmm.objectives.dpo import DPOLoss, sequence_logprobs
-from fmmm.train.vla import (
-    ModelConfig,
-    RunResult,
-    pretrained_dir,
-    pretrained_text_tokenizer,
-)
 from fmmm.tokenizers.sequence import Modality, MultimodalBatch, Segment, pack_samples
+from fmmm.train.recipe import InitConfig, Run, RunResult, start_model
 from fmmm.train.trainer import TrainerConfig
-from fmmm.utils.io import atomic_write_json
+from fmmm.train.vla import RENAMED, small_vla_model
 
 KINDS = ("sft", "dpo")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
@@ -62,10 +56,12 @@ class SceneDataConfig:
 class PostTrainConfig:
     """An SFT or DPO run: data, starting model, objective and training."""
 
+    RENAMED: ClassVar[dict[str, str]] = RENAMED
     kind: str = "sft"
     out_dir: str = "runs/posttrain/sft"
     data: SceneDataConfig = field(default_factory=SceneDataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: MultimodalConfig = field(default_factory=small_vla_model)  # with init.mode=scratch
+    init: InitConfig = field(default_factory=InitConfig)
     beta: float = 0.1  # DPO temperature
     max_answer_tokens: int = 12
     train: TrainerConfig = field(default_factory=TrainerConfig)
@@ -84,7 +80,7 @@ def scene_questions(
 ) -> list[dict[str, Any]]:
     """Rendered scenes with questions, true answers and wrong (rejected) answers."""
     import fmmm.envs
-    from fmmm.eval.seeds import episode_seed
+    from fmmm.envs.seeds import episode_seed
 
     unknown = set(tasks) - set(fmmm.envs.task_names())
     if unknown:
@@ -236,56 +232,27 @@ class _Items:
 
 
 def build_model(cfg: PostTrainConfig) -> tuple[Any, Any]:
-    """Starting MultimodalModel and its sequence builder (text + image tokenizers)."""
-    from fmmm.models.backbone import preset
-    from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
-    from fmmm.tokenizers.image import ImageTokenizer
-    from fmmm.tokenizers.sequence import SequenceBuilder
-    from fmmm.tokenizers.text import default_text_tokenizer
+    """Starting MultimodalModel and its sequence builder."""
+    from fmmm.models.factory import builder_for
 
-    source = pretrained_dir(cfg.model)
-    if source is None:
-        m = cfg.model
-        backbone = preset(
-            m.preset, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_heads,
-            ffn_hidden=m.ffn_hidden, max_seq_len=1024,
-        )  # fmt: skip
-        model = MultimodalModel(
-            MultimodalConfig(
-                backbone=backbone,
-                text_vocab_size=m.text_vocab_size,
-                action_bins=m.action_bins,
-                image_size=m.image_size,
-                patch_size=m.patch_size,
-            )
-        )
-        text = default_text_tokenizer(m.text_vocab_size)
-    else:
-        model = MultimodalModel.from_pretrained(source)
-        text = pretrained_text_tokenizer(source, model.config.text_vocab_size)
-    config = model.config
-    builder = SequenceBuilder(
-        text,
-        image_tokenizer=ImageTokenizer(config.image_size, config.patch_size),
-        action_offset=config.action_offset,
-    )
-    return model, builder
+    model, tokenizers, _ = start_model(cfg.init, cfg.model)
+    return model, builder_for(model.config, tokenizers)
 
 
 def posttrain(cfg: PostTrainConfig) -> dict[str, Any]:
     """Run SFT or DPO as configured; returns the summary also written to out_dir/summary.json."""
+    from fmmm.models.factory import builder_tokenizers
     from fmmm.train.data import DatasetStream
     from fmmm.train.trainer import Trainer
-    from fmmm.utils.seed import seed_everything
 
-    started = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    run = Run(cfg)
     data = cfg.data
-    train_items = scene_questions(data.tasks, data.scenes, data.seed, "train", data.image_size)
-    eval_items = scene_questions(data.tasks, data.eval_scenes, data.seed, "eval", data.image_size)
-    seed_everything(cfg.train.seed)
+    train_items, eval_items = run.main_first(
+        lambda: [
+            scene_questions(data.tasks, count, data.seed, split, data.image_size)
+            for count, split in ((data.scenes, "train"), (data.eval_scenes, "eval"))
+        ]
+    )
     model, builder = build_model(cfg)
     qa = QuestionAnswering(builder)
     before = evaluate_answers(model, qa, eval_items, cfg.max_answer_tokens)
@@ -308,30 +275,25 @@ def posttrain(cfg: PostTrainConfig) -> dict[str, Any]:
         cfg.train,
         module,
         stream,
-        out_dir,
+        run.out_dir,
+        accelerator=run.accelerator,
         count_tokens=lambda batch: int((batch.sample_ids > 0).sum()),
     )
     result = trainer.train()
     trained = trainer.accelerator.unwrap_model(trainer.module).model
     after = evaluate_answers(trained, qa, eval_items, cfg.max_answer_tokens)
-    trained.save_pretrained(
-        out_dir / "model",
-        tokenizers={"text": builder.text_tokenizer, "image": builder.image_tokenizer},
-    )
-    summary = {
-        "kind": cfg.kind,
-        "status": result.status,
-        "steps": result.step,
-        "final_metrics": result.metrics,
-        "train_questions": len(train_items),
-        "eval_questions": len(eval_items),
-        "before": before,
-        "after": after,
-        "model_dir": str(out_dir / "model"),
-        "seconds": time.perf_counter() - started,
-        "config": config_to_dict(cfg),
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
+    if run.is_main:
+        trained.save_pretrained(run.out_dir / "model", tokenizers=builder_tokenizers(builder))
+    summary = run.finish(
+        result,
+        {
+            "train_questions": len(train_items),
+            "eval_questions": len(eval_items),
+            "before": before,
+            "after": after,
+            "model_dir": str(run.out_dir / "model"),
+        },
+    ).summary
     print(
         f"{cfg.kind}: answer accuracy {before['answer_accuracy']:.1%} -> {after['answer_accuracy']:.1%}, "
         f"preference accuracy {before['preference_accuracy']:.1%} -> "
@@ -344,4 +306,3 @@ def run(config_path: str, overrides: list[str]) -> RunResult:
     """Runner for `python -m fmmm.train` (kind: sft or dpo)."""
     summary = posttrain(load_config(PostTrainConfig, config_path, overrides))
     return RunResult(summary["status"], summary)
-

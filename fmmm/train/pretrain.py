@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -100,8 +100,9 @@ class ObjectivesConfig:
 class PretrainConfig:
     """A pretraining run: model, data mixture, objectives and the trainer settings."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"run_dir": "out_dir"}
     kind: str = "pretrain"
-    run_dir: str = "runs/pretrain"
+    out_dir: str = "runs/pretrain"
     model: MultimodalConfig = field(default_factory=MultimodalConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
@@ -251,7 +252,7 @@ def open_sources(
 ) -> tuple[list[tuple[SourceConfig, Any]], dict[str, Any]]:
     """(source, training set) pairs and held-out sets by kind; builds the corpus once if needed."""
     from fmmm.corpus.build import build_corpus
-    from fmmm.train.data import ShardDataset
+    from fmmm.data.shards import ShardDataset
     from fmmm.train.samples import RobotFrames
 
     corpus_root = None
@@ -334,35 +335,24 @@ class HeldoutEvaluator:
 
 def run(config_path: str, overrides: list[str]) -> Any:
     """Pretrain the multimodal backbone described by a `PretrainConfig` YAML."""
-    from fmmm.config import load_config, save_config
-    from fmmm.models.multimodal import MultimodalModel
+    from fmmm.config import load_config
+    from fmmm.models.factory import builder_tokenizers, create_model_and_builder
     from fmmm.scaling import shape_of
-    from fmmm.tokenizers.sequence import SequenceBuilder
     from fmmm.train.data import MixtureStream
-    from fmmm.train.trainer import Trainer, make_accelerator
-    from fmmm.utils.seed import seed_everything
+    from fmmm.train.recipe import Run
+    from fmmm.train.trainer import Trainer
 
     cfg = load_config(PretrainConfig, config_path, overrides)
-    run_dir = Path(cfg.run_dir)
-    accelerator = make_accelerator(cfg.train, run_dir)
-    train_sets, heldout_sets = open_sources(cfg, accelerator)
-    tokenizer_dir = run_dir / "tokenizers"  # a resumed run keeps its vocabulary and bins
+    run = Run(cfg)
+    train_sets, heldout_sets = open_sources(cfg, run.accelerator)
+    tokenizer_dir = run.out_dir / "tokenizers"  # a resumed run keeps its vocabulary and bins
     tokenizers = build_tokenizers(cfg, train_sets, tokenizer_dir)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    if run.is_main:
         for name, tokenizer in tokenizers.items():
             tokenizer.save(tokenizer_dir / name)
-    accelerator.wait_for_everyone()
-    builder = SequenceBuilder(
-        tokenizers["text"],
-        image_tokenizer=tokenizers["image"],
-        video_tokenizer=tokenizers["video"],
-        audio_tokenizer=tokenizers["audio"],
-        action_tokenizer=tokenizers.get("action"),
-        state_normalizer=tokenizers.get("state"),
-        action_offset=cfg.model.text_vocab_size,
-    )
+    run.accelerator.wait_for_everyone()
+    run.seed()
+    model, builder = create_model_and_builder(cfg.model, tokenizers)
     decoder = SampleDecoder(builder, cfg.data.context_length)
     modalities = list(cfg.objectives.contrastive_modalities) if cfg.objectives.contrastive else []
     if cfg.objectives.masked:
@@ -372,8 +362,6 @@ def run(config_path: str, overrides: list[str]) -> Any:
         lambda samples, kinds: decoder(samples, kinds, modalities),
         seed=cfg.train.seed,
     )
-    seed_everything(cfg.train.seed)
-    model = MultimodalModel(cfg.model)
     module = PretrainModule(model, cfg.objectives)
     evaluator = HeldoutEvaluator(decoder, heldout_sets, cfg.data.heldout_batch, modalities)
     shape = shape_of(cfg.model.backbone, cfg.model.vocab_size, seq_len=cfg.data.context_length)
@@ -381,20 +369,18 @@ def run(config_path: str, overrides: list[str]) -> Any:
         cfg.train,
         module,
         stream,
-        run_dir,
-        accelerator=accelerator,
+        run.out_dir,
+        accelerator=run.accelerator,
         count_tokens=lambda batch: batch.tokens,
         evaluate=evaluator,
         flops_per_token=shape.flops_per_token(),
     )
     result = trainer.train()
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(trainer.module).model
-        model.save_pretrained(run_dir / "model", tokenizers=tokenizers)  # tokenizers beside it
-        summary = {**asdict(result), "parameters": shape.parameters(active=True)}
-        from fmmm.utils.io import atomic_write_json
-
-        atomic_write_json(run_dir / "summary.json", summary)
-        print(json.dumps({k: summary[k] for k in ("status", "step", "tokens_per_second", "mfu")}))
+    if run.is_main:
+        model = run.accelerator.unwrap_model(trainer.module).model
+        model.save_pretrained(run.out_dir / "model", tokenizers=builder_tokenizers(builder))
+    summary = run.finish(result, {**asdict(result), "parameters": shape.parameters(active=True)})
+    if run.is_main:
+        print(json.dumps({k: summary.summary[k] for k in ("status", "step", "tokens_per_second", "mfu")}))
         print(json.dumps(result.eval_metrics, sort_keys=True))
     return result

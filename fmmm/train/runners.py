@@ -8,9 +8,8 @@ this file back.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import importlib
+from pathlib import Path
 
 from fmmm.config import ConfigError, read_yaml
 

@@ -147,12 +147,12 @@ class SampleDecoder:
         if kind == "text":
             return builder.text_sample(sample["text"])
         if kind == "robot":
-            state = builder.state(torch.tensor(np.asarray(sample["state"]), dtype=torch.float32))
-            instruction = builder.text(sample["text"], prefix=True, loss=False)
-            actions = builder.actions(
-                torch.tensor(np.asarray(sample["actions"]), dtype=torch.float32)
+            return builder.vla_sample(
+                [self.media(sample, kind)["image"]],
+                torch.tensor(np.asarray(sample["state"]), dtype=torch.float32),
+                sample["text"],
+                torch.tensor(np.asarray(sample["actions"]), dtype=torch.float32),
             )
-            return self.media_alone(sample, kind) + state + instruction + actions
         return self.media_alone(sample, kind) + builder.text(sample["text"], eos=True)
 
     def fit_length(self, rows: list[list]) -> int:

@@ -503,19 +503,13 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def train(self) -> TrainResult:
         """Train to `cfg.steps` (resuming if asked); return the run's figures."""
-        from tqdm.auto import tqdm
+        from fmmm.utils.progress import progress
 
         acc, cfg = self.accelerator, self.cfg
-        if cfg.logging.tensorboard:
-            acc.init_trackers("tensorboard")
-        self._resume()
-        if not ckpt.list_checkpoints(self.ckpt_dir):
-            self.save_checkpoint()  # a rollback target exists from the first step on
-            if cfg.eval_at_start:
-                self.evaluate()
+        self._start()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         prefetcher = _Prefetcher(self.stream, cfg.prefetch)
-        bar = tqdm(
+        bar = progress(
             total=cfg.steps,
             initial=self.step,
             desc="train",
@@ -536,30 +530,12 @@ class Trainer:
                 row = self._train_step(prefetcher)
                 train_seconds += row["seconds"]
                 train_tokens += row["tokens"]
-                tokens_per_second = train_tokens / max(train_seconds, 1e-9)
-                if self.step % cfg.logging.every == 0 or self.step == cfg.steps:
-                    logged = {
-                        k: v for k, v in row.items() if k not in ("step", "skipped", "seconds")
-                    }
-                    logged["tokens_per_second"] = tokens_per_second
-                    if self.flops_per_token:
-                        logged["mfu"] = mfu(
-                            tokens_per_second,
-                            self.flops_per_token,
-                            cfg.peak_flops * acc.num_processes,
-                        )
-                    acc.log({f"train/{k}": float(v) for k, v in logged.items()}, step=self.step)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}")
-                bar.n = self.step
-                bar.refresh()
-                if (
-                    cfg.checkpoint.every
-                    and self.step % cfg.checkpoint.every == 0
-                    and self.step < cfg.steps
-                ):
-                    self.save_checkpoint()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    eval_metrics = self.evaluate()
+                self._log_step(row, train_tokens / max(train_seconds, 1e-9), bar)
+                if self.step < cfg.steps:
+                    if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                        self.save_checkpoint()
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        eval_metrics = self.evaluate()
             self.save_checkpoint()
             if status == "completed":
                 eval_metrics = self.evaluate()
@@ -570,11 +546,6 @@ class Trainer:
             if cfg.logging.tensorboard:
                 acc.end_training()
         tokens_per_second = train_tokens / max(train_seconds, 1e-9)
-        run_mfu = None
-        if self.flops_per_token:
-            run_mfu = mfu(
-                tokens_per_second, self.flops_per_token, cfg.peak_flops * acc.num_processes
-            )
         return TrainResult(
             step=self.step,
             status=status,
@@ -585,8 +556,39 @@ class Trainer:
             },
             eval_metrics=eval_metrics,
             tokens_per_second=tokens_per_second,
-            mfu=run_mfu,
+            mfu=self._mfu(tokens_per_second),
             wall_seconds=time.perf_counter() - started,
             skipped_steps=self.skipped_steps,
             rollbacks=self.rollbacks,
         )
+
+    def _start(self) -> None:
+        """Trackers, resume, and for a fresh run a first checkpoint (the first rollback target)."""
+        if self.cfg.logging.tensorboard:
+            self.accelerator.init_trackers("tensorboard")
+        self._resume()
+        if not ckpt.list_checkpoints(self.ckpt_dir):
+            self.save_checkpoint()
+            if self.cfg.eval_at_start:
+                self.evaluate()
+
+    def _mfu(self, tokens_per_second: float) -> float | None:
+        if not self.flops_per_token:
+            return None
+        peak = self.cfg.peak_flops * self.accelerator.num_processes
+        return mfu(tokens_per_second, self.flops_per_token, peak)
+
+    def _log_step(self, row: dict[str, Any], tokens_per_second: float, bar: Any) -> None:
+        """TensorBoard scalars every `logging.every` steps; the bar follows the step."""
+        if self.step % self.cfg.logging.every == 0 or self.step == self.cfg.steps:
+            logged = {k: v for k, v in row.items() if k not in ("step", "skipped", "seconds")}
+            logged["tokens_per_second"] = tokens_per_second
+            if self.flops_per_token:
+                logged["mfu"] = self._mfu(tokens_per_second)
+            self.accelerator.log(
+                {f"train/{k}": float(v) for k, v in logged.items()}, step=self.step
+            )
+            bar.set_postfix(
+                loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}", refresh=False
+            )
+        bar.update(self.step - bar.n)  # a rollback moves the step back; redraws respect mininterval

@@ -12,20 +12,31 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from fmmm.config import config_to_dict, load_config, save_config
+from fmmm.config import load_config
+from fmmm.models.backbone import TransformerConfig
+from fmmm.models.multimodal import MultimodalConfig
 from fmmm.policies.lora import LoRAConfig
 from fmmm.policies.vla import ACTION_DIM, VLA, PatchNormalizer, VLAConfig
 from fmmm.tokenizers.sequence import Modality, MultimodalBatch
+from fmmm.train.recipe import InitConfig, Run, RunResult, start_model
 from fmmm.train.trainer import TrainerConfig
 from fmmm.utils.io import atomic_write_json
 
 ADAPTATIONS = ("full", "frozen", "lora")
-INITS = ("scratch", "pretrained", "pretrained_shape")
+# Keys of configs written before the model section became a MultimodalConfig.
+RENAMED = {
+    "run_dir": "out_dir",
+    **{f"model.{k}": f"init.{k}" for k in ("pretrained", "if_missing", "pretrain_config")},
+    "model.init": "init.mode",
+    "model.pretrain_overrides": "init.pretrain_overrides",
+    **{f"model.{k}": f"model.backbone.{k}" for k in ("dim", "n_layers", "n_heads", "ffn_hidden")},
+    "model.preset": "model.backbone (give its fields)",
+}
 
 
 @dataclass
@@ -49,44 +60,10 @@ class DataConfig:
             raise ValueError("data.seed must be >= 0 and data.workers >= 1")
 
 
-@dataclass
-class ModelConfig:
-    """Starting point: a pretrained MultimodalModel folder or a fresh model of a given shape."""
-
-    # scratch: a fresh model shaped by the fields below; pretrained: the weights in `pretrained`;
-    # pretrained_shape: the pretrained model's architecture with fresh weights (the control run).
-    init: str = "scratch"
-    pretrained: str = ""  # folder written by MultimodalModel.save_pretrained
-    if_missing: str = "error"  # pretrained folder absent: error | scratch | pretrain
-    pretrain_config: str = ""  # with if_missing=pretrain: the pretraining config to run first
-    pretrain_overrides: list[str] = field(default_factory=list)  # "key=value" for that config
-    # Shape of a model built from scratch (ignored when a pretrained model is loaded).
-    preset: str = "debug"
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    ffn_hidden: int = 256
-    text_vocab_size: int = 512
-    action_bins: int = 256
-    image_size: int = 32
-    patch_size: int = 8
-    vision_tower: str = ""  # "" linear patches, "conv" convolutional stem, or "timm:<name>"
-    vision_film: bool = False  # conv stem FiLM-conditioned on the instruction (RT-1)
-    conv_channels: int = 32  # conv stem width
-
-    def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"model.init must be one of {INITS}, got {self.init!r}")
-        if self.if_missing not in ("error", "scratch", "pretrain"):
-            raise ValueError(
-                f"model.if_missing must be error, scratch or pretrain, got {self.if_missing!r}"
-            )
-        if self.init != "scratch" and not self.pretrained:
-            raise ValueError(f"model.init={self.init} needs model.pretrained (a model folder)")
-        if self.vision_film and self.vision_tower != "conv":
-            raise ValueError("model.vision_film needs model.vision_tower=conv")
-        if self.if_missing == "pretrain" and not self.pretrain_config:
-            raise ValueError("model.if_missing=pretrain needs model.pretrain_config")
+def small_vla_model() -> MultimodalConfig:
+    """The default VLA model: 4 layers of width 128 over 32 px images in 8 px patches."""
+    backbone = TransformerConfig(dim=128, n_layers=4, n_heads=4, ffn_hidden=256, max_seq_len=1024)
+    return MultimodalConfig(backbone=backbone, text_vocab_size=512, image_size=32, patch_size=8)
 
 
 @dataclass
@@ -118,11 +95,14 @@ class EvalConfig:
 class VLARunConfig:
     """A whole VLA run: task, data, model, policy, adaptation, training and evaluation."""
 
+    RENAMED: ClassVar[dict[str, str]] = RENAMED
     kind: str = "vla"
     task: str = "reach"
     out_dir: str = "runs/vla/reach"
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # shape of a model built from scratch (init.mode=scratch); state_dim comes from the dataset
+    model: MultimodalConfig = field(default_factory=small_vla_model)
+    init: InitConfig = field(default_factory=InitConfig)
     policy: VLAConfig = field(default_factory=VLAConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     train: TrainerConfig = field(default_factory=TrainerConfig)
@@ -133,14 +113,6 @@ class VLARunConfig:
             raise ValueError(f"kind must be 'vla' for this runner, got {self.kind!r}")
         if not self.out_dir:
             raise ValueError("out_dir must be set")
-
-
-@dataclass
-class RunResult:
-    """What `python -m fmmm.train` reads back: the status and the run summary."""
-
-    status: str
-    summary: dict[str, Any]
 
 
 class FrameSamples:
@@ -255,102 +227,16 @@ def fit_tokenizers(dataset: Any, num_bins: int) -> tuple[Any, Any]:
     return action_tokenizer, StateNormalizer().fit(torch.from_numpy(states))
 
 
-def pretrained_dir(cfg: ModelConfig) -> Path | None:
-    """The pretrained model folder to start from, pretraining it first if the config says so."""
-    if cfg.init == "scratch":
-        return None
-    path = Path(cfg.pretrained)
-    if (path / "config.json").is_file():
-        return path
-    if cfg.if_missing == "scratch":
-        print(f"no pretrained model at {path}: training from scratch (model.if_missing=scratch)")
-        return None
-    if cfg.if_missing == "pretrain":
-        from fmmm.train.runners import run
-
-        run(cfg.pretrain_config, list(cfg.pretrain_overrides))
-        if (path / "config.json").is_file():
-            return path
-        raise ValueError(f"pretraining {cfg.pretrain_config} did not write a model to {path}")
-    raise ValueError(f"no pretrained model at {path} (set model.if_missing to scratch or pretrain)")
-
-
-def pretrained_text_tokenizer(source: Path, vocab_size: int) -> Any:
-    """The text tokenizer saved with a pretrained model (beside it or in tokenizers/text)."""
-    from fmmm.models.multimodal import TOKENIZERS_DIR
-    from fmmm.tokenizers.text import TEXT_META_FILE, TextTokenizer, default_text_tokenizer
-
-    for directory in (source / TOKENIZERS_DIR / "text", source):
-        if (directory / TEXT_META_FILE).is_file():
-            return TextTokenizer.load(directory)
-    return default_text_tokenizer(vocab_size)
-
-
 def build_vla(cfg: VLARunConfig, dataset: Any) -> tuple[VLA, dict[str, Any]]:
     """The VLA to adapt, its tokenizers fitted on `dataset`; also a description of its origin."""
-    from fmmm.models.backbone import preset
-    from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
-    from fmmm.tokenizers.image import ImageTokenizer
-    from fmmm.tokenizers.sequence import SequenceBuilder
-    from fmmm.tokenizers.text import default_text_tokenizer
+    from fmmm.models.factory import builder_for
 
     state_dim = int(dataset.features["observation.state"]["shape"][0])
-    source = pretrained_dir(cfg.model)
-    if source is None:
-        m = cfg.model
-        backbone = preset(
-            m.preset,
-            dim=m.dim,
-            n_layers=m.n_layers,
-            n_heads=m.n_heads,
-            n_kv_heads=m.n_heads,
-            ffn_hidden=m.ffn_hidden,
-            max_seq_len=1024,
-        )
-        config = MultimodalConfig(
-            backbone=backbone,
-            text_vocab_size=m.text_vocab_size,
-            action_bins=m.action_bins,
-            image_size=m.image_size,
-            patch_size=m.patch_size,
-            vision_tower=m.vision_tower,
-            vision_film=m.vision_film,
-            conv_channels=m.conv_channels,
-            state_dim=state_dim if cfg.policy.use_state else 0,
-        )
-        model = MultimodalModel(config)
-        text_tokenizer = default_text_tokenizer(m.text_vocab_size)
-        origin = {"init": "scratch"}
-    else:
-        pretrained = MultimodalModel.from_pretrained(source)
-        config = pretrained.config
-        state = pretrained.state_dict()
-        wanted = state_dim if cfg.policy.use_state else config.state_dim
-        if config.state_dim != wanted:
-            # A state encoder of another width (or none) is replaced by a fresh one.
-            state = {k: v for k, v in state.items() if not k.startswith("encoders.state.")}
-            config.state_dim = wanted
-        model = MultimodalModel(config)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not key.startswith("encoders.state.") for key in missing):
-            raise ValueError(f"{source} does not match its own config ({missing + unexpected})")
-        if cfg.model.init == "pretrained_shape":
-            model = MultimodalModel(config)
-        text_tokenizer = pretrained_text_tokenizer(source, config.text_vocab_size)
-        origin = {"init": cfg.model.init, "pretrained": str(source), "new_modules": sorted(missing)}
-    if text_tokenizer.vocab_size > config.text_vocab_size:
-        raise ValueError(
-            f"text tokenizer has {text_tokenizer.vocab_size} ids, the model only {config.text_vocab_size}"
-        )
-    action_tokenizer, state_normalizer = fit_tokenizers(dataset, config.action_bins)
-    builder = SequenceBuilder(
-        text_tokenizer,
-        image_tokenizer=ImageTokenizer(config.image_size, config.patch_size),
-        action_tokenizer=action_tokenizer,
-        state_normalizer=state_normalizer if cfg.policy.use_state else None,
-        action_offset=config.action_offset,
-    )
-    return VLA(model, builder, cfg.policy), origin
+    use_state = cfg.policy.use_state
+    model, tokenizers, origin = start_model(cfg.init, cfg.model, state_dim if use_state else None)
+    action_tokenizer, state_normalizer = fit_tokenizers(dataset, model.config.action_bins)
+    tokenizers.update(action=action_tokenizer, state=state_normalizer if use_state else None)
+    return VLA(model, builder_for(model.config, tokenizers), cfg.policy), origin
 
 
 def fit_patch_normalizer(dataset: Any, vla: VLA, batch: int = 256) -> PatchNormalizer:
@@ -382,64 +268,18 @@ def adapt(vla: VLA, cfg: AdaptationConfig) -> None:
         vla.model = add_lora(vla.model, cfg.lora)
 
 
-def check_resumable(cfg: VLARunConfig, out_dir: Path) -> None:
-    """Refuse an out_dir whose checkpoints belong to a run with another config.
-
-    The trainer resumes from the newest checkpoint in out_dir/ckpt; one written under other
-    settings (a changed model, data or step count) would be resumed as if it were this run's.
-    """
-    from fmmm.config import read_yaml
-    from fmmm.train import checkpoint as ckpt
-
-    saved = out_dir / "config.yaml"
-    if not saved.is_file() or not ckpt.list_checkpoints(out_dir / "ckpt"):
-        return
-    from omegaconf import OmegaConf
-
-    before = OmegaConf.to_container(read_yaml(saved), resolve=True)
-    now = config_to_dict(cfg)
-    flat_before = _flatten(before)
-    flat_now = _flatten(now)
-    differ = sorted(
-        k for k in flat_before.keys() | flat_now.keys() if flat_before.get(k) != flat_now.get(k)
-    )
-    if differ:
-        raise ValueError(
-            f"{out_dir} holds checkpoints of a run with another config ({', '.join(differ[:5])} differ); "
-            "use another out_dir or delete that one"
-        )
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(
-            _flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
-        )
-    return flat
-
-
 def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
     """Run the whole recipe; returns the summary also written to out_dir/summary.json."""
     from fmmm.eval.rollout import evaluate
     from fmmm.policies.lora import count_parameters
     from fmmm.train.data import DatasetStream
     from fmmm.train.trainer import Trainer
-    from fmmm.utils.seed import seed_everything
 
-    started = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
-    check_resumable(cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    run = Run(cfg)
     timings: dict[str, float] = {}
+    dataset = run.main_first(lambda: find_or_collect(cfg))
+    timings["data_seconds"] = run.elapsed()
 
-    dataset = find_or_collect(cfg)
-    timings["data_seconds"] = time.perf_counter() - started
-
-    seed_everything(cfg.train.seed)
     vla, origin = build_vla(cfg, dataset)
     if cfg.policy.normalize_patches:
         vla.patch_normalizer = fit_patch_normalizer(dataset, vla)
@@ -451,7 +291,8 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
         cfg.train,
         vla,
         stream,
-        out_dir,
+        run.out_dir,
+        accelerator=run.accelerator,
         count_tokens=lambda batch: int((batch.sample_ids > 0).sum()),
     )
     mark = time.perf_counter()
@@ -459,48 +300,46 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
     timings["train_seconds"] = time.perf_counter() - mark
     vla = trainer.accelerator.unwrap_model(trainer.module)
     vla.eval()
-    vla.save(out_dir, cfg.adaptation.mode)
-
     evaluation = None
-    if cfg.eval.episodes:
-        mark = time.perf_counter()
-        results = evaluate(
-            str(out_dir), [cfg.task], cfg.eval.episodes, cfg.eval.seed, cfg.eval.num_envs
-        )
-        atomic_write_json(out_dir / "eval" / "results.json", results)
-        evaluation = results["summary"][cfg.task]
-        timings["eval_seconds"] = time.perf_counter() - mark
-    timings["total_seconds"] = time.perf_counter() - started
-    summary = {
-        "task": cfg.task,
-        "policy_dir": str(out_dir),
-        "status": result.status,
-        "steps": result.step,
-        "final_loss": result.metrics.get("loss"),
-        "final_action_accuracy": result.metrics.get("action_accuracy"),
-        "demonstrations": dataset.num_episodes,
-        "training_frames": len(samples),
-        "adaptation": cfg.adaptation.mode,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "trainable_fraction": trainable / total,
-        **origin,
-        "eval": evaluation,
-        "eval_seed": cfg.eval.seed,
-        **timings,
-        "config": config_to_dict(cfg),
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
+    if run.is_main:
+        vla.save(run.out_dir, cfg.adaptation.mode)
+        if cfg.eval.episodes:
+            mark = time.perf_counter()
+            results = evaluate(
+                str(run.out_dir), [cfg.task], cfg.eval.episodes, cfg.eval.seed, cfg.eval.num_envs
+            )
+            atomic_write_json(run.out_dir / "eval" / "results.json", results)
+            evaluation = results["summary"][cfg.task]
+            timings["eval_seconds"] = time.perf_counter() - mark
+    summary = run.finish(
+        result,
+        {
+            "task": cfg.task,
+            "policy_dir": str(run.out_dir),
+            "final_loss": result.metrics.get("loss"),
+            "final_action_accuracy": result.metrics.get("action_accuracy"),
+            "demonstrations": dataset.num_episodes,
+            "training_frames": len(samples),
+            "adaptation": cfg.adaptation.mode,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "trainable_fraction": trainable / total,
+            **origin,
+            "eval": evaluation,
+            "eval_seed": cfg.eval.seed,
+            **timings,
+        },
+    ).summary
     if evaluation is not None:
         low, high = evaluation["success_ci95"]
         print(
             f"{cfg.task}: success {evaluation['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
-            f"{evaluation['episodes']} held-out episodes; summary in {out_dir / 'summary.json'}"
+            f"{evaluation['episodes']} held-out episodes; summary in {run.out_dir / 'summary.json'}"
         )
     return summary
 
 
-def run(config_path: str, overrides: list[str]) -> Any:
+def run(config_path: str, overrides: list[str]) -> RunResult:
     """Runner for `python -m fmmm.train` (kind: vla)."""
     summary = train_vla(load_config(VLARunConfig, config_path, overrides))
     return RunResult(summary["status"], summary)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fmmm.data.shards import (
+    ShardDataset,
     ShardError,
     ShardWriter,
     decode_image,
@@ -58,6 +59,23 @@ def test_jsonl_round_trip_and_line_numbers(tmp_path):
         ("d1", "text 1", 2),
         ("d2", "text 2", 3),
     ]
+
+
+def test_shard_dataset_reads_any_sample_like_a_full_pass(tmp_path):
+    with ShardWriter(tmp_path / "tar", fmt="tar", samples_per_shard=3) as writer:
+        for sample in _image_text_samples(7):
+            writer.write(sample)
+    write_shard(tmp_path / "tar" / "z.jsonl", [make_sample(f"d{i}", f"text {i}") for i in range(2)])
+    in_order = [s for path in list_shards(tmp_path / "tar") for s in iter_samples(path)]
+    dataset = ShardDataset(tmp_path / "tar")
+    assert len(dataset) == 9
+    for index in (8, 0, 4, 7, 3):  # any order: each read seeks to its own sample
+        read, full = dataset[index], in_order[index]
+        for field in ("key", "modality", "text", "image", "ext", "source"):
+            assert read[field] == full[field], (index, field)
+    write_shard(tmp_path / "empty.jsonl", [])
+    with pytest.raises(ValueError, match="no samples"):
+        ShardDataset(tmp_path / "empty.jsonl")
 
 
 def test_writer_output_is_byte_identical_for_same_samples(tmp_path):

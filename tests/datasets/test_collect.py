@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fmmm.datasets.robot import RobotDataset, episode_path, read_episode
-from fmmm.eval.seeds import episode_seed
+from fmmm.envs.seeds import episode_seed
 
 PYTHON = sys.executable
 DEMO_TASK, DEMO_EPISODES = "pick_place", 3  # as collected by the demo_dataset fixture

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from fmmm.envs.seeds import episode_seed
 from fmmm.eval.rollout import check_action, run_episode, wilson_interval
-from fmmm.eval.seeds import episode_seed
 from fmmm.policies.random import RandomPolicy
 
 
@@ -17,26 +17,6 @@ from fmmm.policies.random import RandomPolicy
 )
 def test_wilson_interval_matches_reference_values(successes, trials, low, high):
     assert wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
-
-
-def test_episode_seeds_depend_only_on_task_seed_and_index():
-    assert episode_seed("pick_place", 0, 3, "eval") == episode_seed("pick_place", 0, 3, "eval")
-    seeds = {episode_seed(t, s, i, "eval") for t in ("a", "b") for s in (0, 1) for i in range(50)}
-    assert len(seeds) == 200
-
-
-def test_training_and_evaluation_seed_streams_are_disjoint():
-    train = {episode_seed("pick_place", s, i, "train") for s in range(3) for i in range(500)}
-    evaluation = {episode_seed("pick_place", s, i, "eval") for s in range(3) for i in range(500)}
-    assert not train & evaluation
-    assert all(seed >> 62 == 0 for seed in train) and all(seed >> 62 == 1 for seed in evaluation)
-
-
-def test_bad_seed_arguments_raise():
-    with pytest.raises(ValueError, match="split"):
-        episode_seed("pick_place", 0, 0, "test")
-    with pytest.raises(ValueError, match=">= 0"):
-        episode_seed("pick_place", -1, 0, "eval")
 
 
 def test_bad_actions_are_named():

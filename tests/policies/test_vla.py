@@ -3,25 +3,25 @@ import pytest
 import torch
 
 from fmmm.models.backbone import preset
-from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
+from fmmm.models.factory import create_model_and_builder
+from fmmm.models.multimodal import MultimodalConfig
 from fmmm.policies.lora import LoRAConfig, add_lora, count_parameters
 from fmmm.policies.vla import VLA, VLAConfig, VLAPolicy, load_vla
 from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
-from fmmm.tokenizers.image import ImageTokenizer
-from fmmm.tokenizers.sequence import Modality, SequenceBuilder
+from fmmm.tokenizers.sequence import Modality
 from fmmm.tokenizers.text import default_text_tokenizer
 
 STATE_DIM = 14
 
 
-def make_vla(dim: int = 64, layers: int = 2, **policy) -> VLA:
+def make_vla(dim: int = 64, layers: int = 2, text_vocab_size: int = 512, **policy) -> VLA:
     torch.manual_seed(0)
     text = default_text_tokenizer(512)
     config = MultimodalConfig(
         backbone=preset(
             "debug", dim=dim, n_layers=layers, n_heads=4, n_kv_heads=4, ffn_hidden=2 * dim
         ),
-        text_vocab_size=512,
+        text_vocab_size=text_vocab_size,
         action_bins=32,
         image_size=16,
         patch_size=8,
@@ -30,14 +30,15 @@ def make_vla(dim: int = 64, layers: int = 2, **policy) -> VLA:
     generator = torch.Generator().manual_seed(0)
     actions = torch.rand(200, 7, generator=generator) * 2 - 1
     states = torch.randn(200, STATE_DIM, generator=generator)
-    builder = SequenceBuilder(
-        text,
-        image_tokenizer=ImageTokenizer(16, 8),
-        action_tokenizer=ActionTokenizer(32).fit(actions),
-        state_normalizer=StateNormalizer().fit(states),
-        action_offset=config.action_offset,
+    model, builder = create_model_and_builder(
+        config,
+        {
+            "text": text,
+            "action": ActionTokenizer(32).fit(actions),
+            "state": StateNormalizer().fit(states),
+        },
     )
-    vla = VLA(MultimodalModel(config), builder, VLAConfig(**policy))
+    vla = VLA(model, builder, VLAConfig(**policy))
     return vla.eval()
 
 
@@ -101,6 +102,39 @@ def test_saved_policy_loads_through_the_eval_factory_with_identical_actions(tmp_
     policy = load_policy(str(tmp_path))(None)
     policy.reset()
     np.testing.assert_array_equal(policy.act(observation()), vla.predict_chunk(observation())[0])
+
+
+def test_reloaded_vla_with_text_vocab_beyond_its_tokenizer_gives_the_same_actions(tmp_path):
+    vla = make_vla(text_vocab_size=1024, chunk=3)
+    assert vla.builder.action_offset == 1024 > vla.builder.text_tokenizer.vocab_size
+    vla.save(tmp_path)
+    loaded = VLA.load(tmp_path)
+    assert loaded.action_offset == 1024
+    for seed in range(3):
+        np.testing.assert_array_equal(
+            loaded.predict_chunk(observation(seed)), vla.predict_chunk(observation(seed))
+        )
+
+
+def test_policy_prefix_is_the_robot_layout_pretraining_uses():
+    from fmmm.train.samples import SampleDecoder
+
+    vla = make_vla(cameras=["agentview"], normalize_patches=False)
+    obs = observation(1, "put the red cube on the plate")
+    actions = np.zeros((2, 7), dtype=np.float32)
+    sample = {"text": obs["instruction"], "image": obs["agentview"], "state": obs["state"],
+              "actions": actions, "source": "s", "key": "k"}  # fmt: skip
+    pretraining = SampleDecoder(vla.builder, 256).lm_sample(sample, "robot")
+    policy = vla.prefix_segments(obs)
+    layout = [(s.modality, s.prefix, len(s)) for s in pretraining]
+    # the same segments up to the action marker; pretraining then appends the action tokens
+    assert layout[: len(policy) - 1] == [(s.modality, s.prefix, len(s)) for s in policy[:-1]]
+    assert pretraining[len(policy) - 1].ids.tolist() == policy[-1].ids.tolist()
+    for mine, theirs in zip(policy[:-1], pretraining):
+        if mine.ids is not None:
+            assert mine.ids.tolist() == theirs.ids.tolist()
+        else:
+            torch.testing.assert_close(mine.features, theirs.features)
 
 
 def test_lora_policy_trains_under_five_percent_saves_adapter_and_merge_matches(tmp_path):

@@ -13,7 +13,7 @@ def test_demo_command_prints_every_tokenizer_output():
     assert "patches (1, 64, 192) float32" in out
     assert "positions (1, 26, 1) int64" in out
     assert "bins (50, 7) int64" in out
-    assert "layout text x2, image x64" in out
+    assert "layout text x15, image x64, text x1, state x1, text x1, action x28" in out
 
 
 def test_demo_same_seed_same_output(capsys):

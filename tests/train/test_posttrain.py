@@ -20,11 +20,11 @@ TINY = [
     "data.scenes=4",
     "data.eval_scenes=2",
     "data.image_size=16",
-    "model.init=scratch",
-    "model.dim=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
-    "model.ffn_hidden=64",
+    "init.mode=scratch",
+    "model.backbone.dim=32",
+    "model.backbone.n_layers=1",
+    "model.backbone.n_heads=2",
+    "model.backbone.ffn_hidden=64",
     "model.image_size=16",
     "train.steps=2",
     "train.batch_size=4",
@@ -105,8 +105,8 @@ def test_sft_then_dpo_runs_from_config(tmp_path):
         tiny(
             "dpo",
             tmp_path / "dpo",
-            "model.init=pretrained",
-            f"model.pretrained={tmp_path / 'sft' / 'model'}",
+            "init.mode=pretrained",
+            f"init.pretrained={tmp_path / 'sft' / 'model'}",
         )
     )
     saved = json.loads((tmp_path / "dpo" / "summary.json").read_text())

@@ -21,7 +21,7 @@ def cache_dir(tmp_path_factory):
 
 def train(run_dir, cache_dir, *overrides, launcher=(sys.executable, "-m", "fmmm.train")):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [*launcher, CONFIG, f"run_dir={run_dir}", f"data.cache_dir={cache_dir}", *QUIET]
+    command = [*launcher, CONFIG, f"out_dir={run_dir}", f"data.cache_dir={cache_dir}", *QUIET]
     result = subprocess.run(
         [*command, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )

@@ -34,7 +34,7 @@ def test_robot_frames_train_action_tokens_after_observation_and_instruction(tmp_
     write_robot_dataset(tmp_path / "robot")
     cache = tmp_path / "cache"
     overrides = [
-        f"run_dir={tmp_path / 'run'}",
+        f"out_dir={tmp_path / 'run'}",
         f"data.cache_dir={cache}",
         f"data.sources=[{{kind: robot, weight: 0.5, path: '{tmp_path / 'robot'}'}}, {{kind: text, weight: 0.5}}]",
         "data.action_chunk=2",
@@ -53,4 +53,4 @@ def test_robot_frames_train_action_tokens_after_observation_and_instruction(tmp_
     assert (tmp_path / "run" / "model" / "tokenizers" / "action").is_dir()
     with pytest.raises(ValueError, match="model.state_dim is 3 but the robot data has 5"):
         run("configs/pretrain/smoke.yaml", [*overrides[:5], "model.state_dim=3",
-            f"run_dir={tmp_path / 'other'}"])  # fmt: skip
+            f"out_dir={tmp_path / 'other'}"])  # fmt: skip

@@ -28,7 +28,7 @@ def write_user_shards(root):
 
 def overrides(tmp_path, sources):
     return [
-        f"run_dir={tmp_path / 'run'}",
+        f"out_dir={tmp_path / 'run'}",
         f"data.sources={sources}",
         "objectives.contrastive_modalities=[image]",
         "objectives.masked=0",

@@ -15,10 +15,10 @@ from fmmm.train.vla import (
 from fmmm.resources import data_dir
 
 TINY = [
-    "model.dim=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
-    "model.ffn_hidden=64",
+    "model.backbone.dim=32",
+    "model.backbone.n_layers=1",
+    "model.backbone.n_heads=2",
+    "model.backbone.ffn_hidden=64",
     "model.action_bins=16",
     "model.image_size=16",
     "train.steps=3",
@@ -46,16 +46,34 @@ def test_every_vla_config_loads():
     "override, key",
     [
         ("adaptation.mode=half", "adaptation.mode"),
-        ("model.init=warm", "model.init"),
+        ("init.mode=warm", "init.mode"),
         ("policy.chunk=0", "chunk"),
         ("data.episodes=0", "data.episodes"),
         ("kind=sft", "kind"),
-        ("model.vision_tower=timm:vit_tiny_patch16_224", "model.vision_film"),
+        ("model.vision_tower=timm:vit_tiny_patch16_224", "vision_film"),
     ],
 )
 def test_bad_vla_config_values_raise_config_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(VLARunConfig, data_dir("configs") / "quickstart.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run_dir=runs/x", "'run_dir' is now 'out_dir'"),
+        ("model.dim=64", "'model.dim' is now 'model.backbone.dim'"),
+        ("model.init=scratch", "'model.init' is now 'init.mode'"),
+    ],
+)
+def test_renamed_keys_stop_with_a_one_line_error_saying_what_to_rename(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        load_config(VLARunConfig, data_dir("configs") / "quickstart.yaml", [override])
+    old = tmp_path / "old.yaml"
+    old.write_text(f"kind: vla\n{override.split('.')[0].split('=')[0]}: {{}}\n".replace("{}", "x")
+                   if "." not in override.split("=")[0] else "kind: vla\nmodel:\n  " + override.split(".", 1)[1].replace("=", ": ") + "\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=f"{old}: {message}"):
+        load_config(VLARunConfig, old)
 
 
 def test_table_batches_equal_batches_built_sample_by_sample(tmp_path, reach_demos):
@@ -130,5 +148,8 @@ def test_rerun_with_another_config_refuses_the_old_checkpoints(tmp_path, reach_d
     # the same config again resumes the finished run
     again = train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0"))
     assert again["steps"] == first["steps"] == 3 and again["status"] == "completed"
-    with pytest.raises(ValueError, match=r"another config \(train\.steps differ\)"):
-        train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0", "train.steps=4"))
+    with pytest.raises(ValueError, match=r"another config \(policy\.chunk differ\)"):
+        train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0", "policy.chunk=3"))
+    # more steps is a legitimate resume: it continues from the saved step 3
+    longer = train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0", "train.steps=4"))
+    assert longer["steps"] == 4 and longer["status"] == "completed"

@@ -1,4 +1,4 @@
-"""Modality encoders: tokenizer output -> backbone-width tokens, plus pooled projection heads.
+"""Per-modality input embeddings: tokenizer output -> backbone-width tokens, plus pooled projection heads.
 
 Each encoder is a standalone `nn.Module`:
 - `TextEmbedding`: token ids (B, L) -> (B, L, D) (also the shared text + action-bin vocabulary).

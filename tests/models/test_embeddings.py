@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fmmm.models.encoders import (
+from fmmm.models.embeddings import (
     ActionEmbedding,
     ConvStem,
     PatchEmbedding,

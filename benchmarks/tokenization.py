@@ -1,4 +1,4 @@
-"""Tokenizer throughput: `python benchmarks/tokenizers.py [--threads 2] [--repeats 3]`.
+"""Tokenizer throughput: `python benchmarks/tokenization.py [--threads 2] [--repeats 3]`.
 
 Prints a markdown table: text tokens/s (fmmm's byte-level BPE beside the raw `tokenizers`
 library running the same model (its `encode_batch_fast`, which fmmm calls, and `encode_batch`), and open_clip's CLIP tokenizer), images/s, video clips/s, audio
@@ -15,12 +15,6 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-# Run as a script, this file's folder heads sys.path and its name would shadow the `tokenizers`
-# library; drop that folder so `import tokenizers` finds the library.
-_HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def best_seconds(function: Callable[[], object], repeats: int) -> float:
