@@ -6,10 +6,10 @@ Both models are causal LMs (token embedding, 4 pre-norm blocks of width 256, Swi
 head) trained with AdamW on the same random batches. Each repeat times one round of `--steps`
 steps of each model back to back, in alternating order, so that machine load affects both alike;
 the ratio fmmm / llama is taken within each repeat and reported as min / median / max over the
-repeats, beside the 1-minute load average (`os.getloadavg`) seen during them. Before timing,
-fmmm's weights are copied into the Llama model and the logits compared, which checks that the
-shapes (and the math) really are identical. Achieved FLOP/s = tokens/s * training FLOPs per token
-from `fmmm.scaling` (6N + attention).
+repeats, beside the 1-minute load average (`os.getloadavg`) before the run and during the
+repeats. Before timing, fmmm's weights are copied into the Llama model and the logits compared,
+which checks that the shapes (and the math) really are identical. Achieved FLOP/s = tokens/s *
+training FLOPs per token from `fmmm.scaling` (6N + attention).
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ def measure(
                 speeds[name].append(tokens / seconds)
         if repeat:
             loads.append(os.getloadavg()[0])
+            shown = ", ".join(f"{name} {values[-1]:,.0f}" for name, values in speeds.items())
+            print(f"repeat {repeat}: tokens/s {shown}; load {loads[-1]:.1f}", flush=True)
     return speeds, loads
 
 
@@ -143,6 +145,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--output", default=None, help="write the markdown report here")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -186,8 +189,8 @@ def main() -> None:
         f"--batch-size {args.batch_size} --seq-len {args.seq_len} --threads {args.threads} "
         f"--device {args.device}`",
         f"Machine: {machine}; torch {torch.__version__}, transformers {transformers.__version__}",
-        f"Date: {date}; 1-minute load average during the repeats: {spread(loads, '.1f')} "
-        f"(min / median / max)",
+        f"Date: {date}; 1-minute load average {load_before:.1f} before the run, "
+        f"{spread(loads, '.1f')} (min / median / max) during the repeats, its own threads included",
         "",
         f"Shape: width 256, 4 layers, 8 heads, SwiGLU {config.hidden_dim}, vocab {args.vocab_size}, "
         f"sequence {args.seq_len}, batch {args.batch_size}; {counts['fmmm']:,} parameters in both.",

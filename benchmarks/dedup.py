@@ -8,8 +8,8 @@ candidate pairs (shingling, signatures, LSH); recall is the share of the pairs w
 Jaccard similarity is >= the threshold that come out as candidates. Each repeat runs both back to
 back, in alternating order, in one process; the speed ratio is taken within each repeat and
 reported as min / median / max over the repeats, beside the 1-minute load average
-(`os.getloadavg`) seen during them. datasketch is a benchmark-only dependency (pip install
-datasketch).
+(`os.getloadavg`) before the run and during the repeats. datasketch is a benchmark-only
+dependency (pip install datasketch).
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed runs of both")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
 
     texts = make_corpus(args.docs, args.words, args.seed)
     truth = true_pairs(shingle_sets(texts), args.threshold)
@@ -172,8 +173,9 @@ def main() -> None:
             "",
             f"- Command: `{command} --out {args.out}`",
             f"- Machine: 2-core CPU, no GPU (shared; {platform.processor() or platform.machine()})",
-            f"- Date: {date}; 1-minute load average during the repeats: {spread(loads, '.1f')} "
-            "(min / median / max)",
+            f"- Date: {date}; 1-minute load average {load_before:.1f} before the run, "
+            f"{spread(loads, '.1f')} (min / median / max) during the repeats, its own work "
+            "included",
             f"- Corpus: {len(texts)} documents of ~{args.words} words, a third of them edited "
             f"copies; {len(truth)} pairs with exact Jaccard >= {args.threshold} (word 5-grams)",
             f"- Both: {args.num_perm} permutations, {bands} bands x {rows} rows "

@@ -22,54 +22,37 @@ STATE_DIM = 14
 
 
 def quickstart_vla(chunk: int):
-    """A VLA of the quickstart's shape (configs/quickstart.yaml) with random weights."""
+    """The quickstart's VLA (configs/quickstart.yaml: conv stem, FiLM, both cameras), random weights."""
+    from dataclasses import replace
+
     from fmmm.config import load_config
-    from fmmm.models.backbone import preset
-    from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
-    from fmmm.train.vla import VLARunConfig
-    from fmmm.policies.vla import VLA, VLAConfig
+    from fmmm.models.factory import create_model_and_builder
+    from fmmm.policies.vla import VLA
     from fmmm.resources import data_dir
     from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
-    from fmmm.tokenizers.image import ImageTokenizer
-    from fmmm.tokenizers.sequence import SequenceBuilder
     from fmmm.tokenizers.text import default_text_tokenizer
+    from fmmm.train.vla import VLARunConfig
 
     cfg = load_config(VLARunConfig, data_dir("configs") / "quickstart.yaml")
-    m = cfg.model
-    backbone = preset(
-        m.preset, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_heads,
-        ffn_hidden=m.ffn_hidden, max_seq_len=1024,
-    )  # fmt: skip
-    config = MultimodalConfig(
-        backbone=backbone,
-        text_vocab_size=m.text_vocab_size,
-        action_bins=m.action_bins,
-        image_size=m.image_size,
-        patch_size=m.patch_size,
-        state_dim=STATE_DIM,
-    )
+    config = replace(cfg.model, state_dim=STATE_DIM)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    builder = SequenceBuilder(
-        default_text_tokenizer(m.text_vocab_size),
-        image_tokenizer=ImageTokenizer(m.image_size, m.patch_size),
-        action_tokenizer=ActionTokenizer(m.action_bins).fit(
-            torch.rand(256, 7, generator=generator) * 2 - 1
-        ),
-        state_normalizer=StateNormalizer().fit(torch.randn(256, STATE_DIM, generator=generator)),
-        action_offset=config.action_offset,
-    )
-    policy_cfg = VLAConfig(
-        cameras=list(cfg.policy.cameras), use_state=True, chunk=chunk, execute=chunk
-    )
-    return VLA(MultimodalModel(config), builder, policy_cfg).eval()
+    actions = torch.rand(256, 7, generator=generator) * 2 - 1
+    tokenizers = {
+        "text": default_text_tokenizer(config.text_vocab_size),
+        "action": ActionTokenizer(config.action_bins).fit(actions),
+        "state": StateNormalizer().fit(torch.randn(256, STATE_DIM, generator=generator)),
+    }
+    model, builder = create_model_and_builder(config, tokenizers)
+    policy = replace(cfg.policy, chunk=chunk, execute=chunk, normalize_patches=False)
+    return VLA(model, builder, policy).eval()
 
 
 def observation() -> dict:
     rng = np.random.default_rng(0)
     return {
-        "agentview": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
-        "wrist": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        "agentview": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
         "state": rng.normal(size=STATE_DIM).astype(np.float32),
         "instruction": "reach the red cube",
     }

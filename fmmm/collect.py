@@ -14,6 +14,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,52 +134,32 @@ def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[
     """Number the selected episodes 0..N-1 into out/data and write the metadata."""
     import fmmm
 
-    tasks: list[str] = []
-    rows, samples = [], []
-    features, offset = None, 0
-    for episode_index, summary in enumerate(selected):
-        episode = robot.read_episode(staging / f"attempt_{summary['attempt']:06d}.parquet")
-        length = summary["length"]
-        if summary["instruction"] not in tasks:
-            tasks.append(summary["instruction"])
-        frame_index = np.arange(length, dtype=np.int64)
-        episode["timestamp"] = (frame_index / run["fps"]).astype(np.float32)
-        episode["frame_index"] = frame_index
-        episode["episode_index"] = np.full(length, episode_index, dtype=np.int64)
-        episode["index"] = frame_index + offset
-        episode["task_index"] = np.full(length, tasks.index(summary["instruction"]), np.int64)
-        robot.write_episode(robot.episode_path(out, episode_index), episode)
-        features = features or robot.feature_spec(episode)
-        samples.append(robot.stats_sample(episode))
-        rows.append(
-            {
-                "episode_index": episode_index,
-                "tasks": [summary["instruction"]],
-                "length": length,
-                "success": summary["success"],
-                "seed": summary["seed"],
-                "attempt": summary["attempt"],
-                "scene": summary["scene"],
-            }
-        )
-        offset += length
-    info = robot.dataset_info(
+    tasks = list(dict.fromkeys(summary["instruction"] for summary in selected))
+
+    def episodes() -> Iterator[tuple[robot.Episode, dict[str, Any]]]:
+        for summary in selected:
+            episode = robot.read_episode(staging / f"attempt_{summary['attempt']:06d}.parquet")
+            frame_index = np.arange(summary["length"], dtype=np.int64)
+            episode["timestamp"] = (frame_index / run["fps"]).astype(np.float32)
+            episode["frame_index"] = frame_index
+            episode["task_index"] = np.full_like(frame_index, tasks.index(summary["instruction"]))
+            row = {k: summary[k] for k in ("length", "success", "seed", "attempt", "scene")}
+            yield episode, {"tasks": [summary["instruction"]], **row}
+
+    collection = {
+        k: run[k] for k in ("task", "seed", "keep_failures", "policy", "noise") if k in run
+    }
+    return robot.write_dataset(
+        out,
         run["fps"],
-        features,
-        rows,
-        offset,
+        episodes(),
         tasks,
         fmmm_version=fmmm.__version__,
         mujoco_version=run["fingerprint"]["mujoco_version"],
         scene_sha256=run["fingerprint"]["scene_sha256"],
         env=run["fingerprint"],
-        collection={
-            k: run[k] for k in ("task", "seed", "keep_failures", "policy", "noise") if k in run
-        }
-        | {"seed_split": "train", "attempts": selected[-1]["attempt"] + 1},
+        collection=collection | {"seed_split": "train", "attempts": selected[-1]["attempt"] + 1},
     )
-    robot.write_metadata(out, info, rows, tasks, robot.compute_stats(samples))
-    return info
 
 
 def _staged_run(out: Path, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -213,13 +194,12 @@ def _staged_run(out: Path, wanted: dict[str, Any]) -> dict[str, Any]:
 
 def _staged_attempts(staging: Path) -> dict[int, dict[str, Any]]:
     """Summaries of the attempts finished by earlier runs (a kept one with its episode file)."""
-    done = {}
-    for path in staging.glob("attempt_*.json"):
-        summary = json.loads(path.read_text())
-        kept_file = staging / f"attempt_{summary['attempt']:06d}.parquet"
-        if not summary["kept"] or kept_file.exists():
-            done[summary["attempt"]] = summary
-    return done
+    summaries = [json.loads(path.read_text()) for path in staging.glob("attempt_*.json")]
+    return {
+        s["attempt"]: s
+        for s in summaries
+        if not s["kept"] or (staging / f"attempt_{s['attempt']:06d}.parquet").exists()
+    }
 
 
 def collect(

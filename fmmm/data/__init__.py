@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "ShardDataset",
     "ShardError",
     "ShardWriter",
     "decode_audio",

@@ -45,6 +45,7 @@ from fmmm.data.shards import Sample, ShardError, decode_image, decode_video, wri
 from fmmm.data.similarity import (
     RECALL_SAMPLE,
     bucket_pairs,
+    component_roots,
     cosine_pairs,
     hash_chunks,
     keep_first,
@@ -424,9 +425,6 @@ _CLUSTERED = {
 def cluster_pairs(part: Partition, work: Path, config) -> dict[str, Any]:
     """Stage 4 (one task): connected components of the duplicate pairs, grouped into hash
     partitions by component, so that keep-first can run on each partition alone."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     arrays = {}
     for kind, (_, sources) in _CLUSTERED.items():
         later, earlier, score = [], [], []
@@ -435,7 +433,8 @@ def cluster_pairs(part: Partition, work: Path, config) -> dict[str, Any]:
                 _pairs_folder(work, "buckets", p) / f"{source}_later.npy"
                 for p in range(config.partitions)
             ]
-            if not found[0].is_file():
+            found = [file for file in found if file.is_file()]  # embeddings: partition 0 only
+            if not found:
                 continue
             parts = [_load_arrays(f.parent, tuple(f"{source}_{n}" for n in NAMES)) for f in found]
             codes = np.concatenate([_pair_codes(x[0], x[1]) for x in parts])
@@ -451,17 +450,9 @@ def cluster_pairs(part: Partition, work: Path, config) -> dict[str, Any]:
         score_all = np.concatenate(score) if score else np.zeros(0)
         nodes, inverse = np.unique(np.concatenate([later_all, earlier_all]), return_inverse=True)
         edges = len(later_all)
-        part_of = np.zeros(0, np.int64)
-        if edges:
-            graph = coo_matrix(
-                (np.ones(edges, np.int8), (inverse[:edges], inverse[edges:])),
-                shape=(len(nodes), len(nodes)),
-            )
-            count, labels = connected_components(graph, directed=False)
-            # a component's key is its first item: the same whatever order scipy labels them in
-            first_node = np.full(count, np.iinfo(np.int64).max, np.int64)
-            np.minimum.at(first_node, labels, nodes)
-            part_of = partition_of(first_node[labels[inverse[:edges]]], 0, config.partitions)
+        roots = component_roots(inverse[:edges], inverse[edges:], len(nodes))
+        # a component goes to the partition of its first item
+        part_of = partition_of(nodes[roots[inverse[:edges]]], 0, config.partitions)
         order = np.argsort(part_of, kind="stable")
         arrays |= {
             f"{kind}_later": later_all[order],

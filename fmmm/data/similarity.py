@@ -168,6 +168,23 @@ def cosine_pairs(
     return later, earlier, cosine, recall
 
 
+def component_roots(first: np.ndarray, second: np.ndarray, count: int) -> np.ndarray:
+    """Connected components of the undirected graph on nodes 0..count-1 with edges
+    (first[i], second[i]): each node's smallest component member (hooking + pointer jumping)."""
+    roots = np.arange(count)
+    while True:
+        root_first, root_second = roots[first], roots[second]
+        low = np.minimum(root_first, root_second)
+        hooked = roots.copy()
+        np.minimum.at(hooked, root_first, low)
+        np.minimum.at(hooked, root_second, low)
+        while not np.array_equal(hooked[hooked], hooked):
+            hooked = hooked[hooked]
+        if np.array_equal(hooked, roots):
+            return roots
+        roots = hooked
+
+
 def keep_first(
     later: np.ndarray, earlier: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,20 +13,17 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fmmm.datasets import robot
-from fmmm.utils.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from fmmm.utils.io import atomic_dir, atomic_write_bytes, atomic_write_text
 
 LEROBOT_VERSION = "v2.1"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
-
-
-def _jsonl(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
 
 
 def _low_dim_table_bytes(episode: robot.Episode) -> bytes:
@@ -96,11 +93,7 @@ def export_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
                 },
             }
         else:
-            features[name] = {
-                "dtype": spec["dtype"],
-                "shape": spec["shape"],
-                "names": spec["names"],
-            }
+            features[name] = {key: spec[key] for key in ("dtype", "shape", "names")}
     with atomic_dir(destination) as tmp:
         episode_stats = []
         for index in progress(range(dataset.num_episodes), desc="export", unit="ep"):
@@ -128,13 +121,8 @@ def export_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
             video_path=VIDEO_PATH,
             features=features,
         )
-        meta = tmp / "meta"
-        atomic_write_text(meta / "episodes.jsonl", _jsonl(dataset.episodes))
-        atomic_write_text(meta / "episodes_stats.jsonl", _jsonl(episode_stats))
-        tasks = [{"task_index": i, "task": t} for i, t in enumerate(dataset.tasks)]
-        atomic_write_text(meta / "tasks.jsonl", _jsonl(tasks))
-        atomic_write_json(meta / "stats.json", dataset.stats)
-        atomic_write_json(meta / "info.json", info)
+        atomic_write_text(tmp / "meta" / "episodes_stats.jsonl", robot.jsonl_text(episode_stats))
+        robot.write_metadata(tmp, info, dataset.episodes, dataset.tasks, dataset.stats)
     return destination
 
 
@@ -226,27 +214,17 @@ def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) ->
             robot.read_jsonl(source / "meta" / "tasks.jsonl"), key=lambda r: r["task_index"]
         )
     ]
-    with atomic_dir(destination) as tmp:
-        rows, samples, features, offset = [], [], None, 0
-        for new_index, meta in enumerate(progress(episodes_meta, desc="import", unit="ep")):
+    if not episodes_meta:
+        raise ValueError(f"LeRobot dataset {source} has no episodes")
+
+    def episodes() -> Iterator[tuple[robot.Episode, dict[str, Any]]]:
+        for meta in progress(episodes_meta, desc="import", unit="ep"):
             episode, length = _read_episode(source, info, meta["episode_index"])
-            episode["episode_index"] = np.full(length, new_index, dtype=np.int64)
-            episode["index"] = np.arange(offset, offset + length, dtype=np.int64)
-            robot.write_episode(robot.episode_path(tmp, new_index), episode)
-            features = features or robot.feature_spec(episode)
-            samples.append(robot.stats_sample(episode))
-            rows.append({**meta, "episode_index": new_index, "length": length})
-            offset += length
-        if not rows:
-            raise ValueError(f"LeRobot dataset {source} has no episodes")
-        kept = {
-            k: v
-            for k, v in info.items()
-            if k in ("mujoco_version", "scene_sha256", "env", "collection", "robot_type")
-        }
-        origin = {"lerobot_codebase_version": info["codebase_version"], "path": str(source)}
-        new_info = robot.dataset_info(
-            info["fps"], features, rows, offset, tasks, source=origin, **kept
-        )
-        robot.write_metadata(tmp, new_info, rows, tasks, robot.compute_stats(samples))
+            yield episode, {**meta, "length": length}
+
+    kept = ("mujoco_version", "scene_sha256", "env", "collection", "robot_type")
+    origin = {"lerobot_codebase_version": info["codebase_version"], "path": str(source)}
+    with atomic_dir(destination) as tmp:
+        provenance = {k: v for k, v in info.items() if k in kept}
+        robot.write_dataset(tmp, info["fps"], episodes(), tasks, source=origin, **provenance)
     return Path(destination)

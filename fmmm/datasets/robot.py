@@ -19,7 +19,7 @@ import io
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,11 @@ def dataset_info(
     }
 
 
+def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
+    """JSON Lines with sorted keys (the same rows always give the same bytes)."""
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+
+
 def write_metadata(
     root: str | os.PathLike,
     info: dict[str, Any],
@@ -195,14 +200,38 @@ def write_metadata(
 ) -> None:
     """Write meta/episodes.jsonl, tasks.jsonl, stats.json, then info.json (the completion mark)."""
     meta = Path(root) / "meta"
-    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in episodes)
-    atomic_write_text(meta / "episodes.jsonl", lines)
-    task_lines = "".join(
-        json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(tasks)
-    )
-    atomic_write_text(meta / "tasks.jsonl", task_lines)
+    atomic_write_text(meta / "episodes.jsonl", jsonl_text(episodes))
+    tasks_rows = [{"task_index": i, "task": task} for i, task in enumerate(tasks)]
+    atomic_write_text(meta / "tasks.jsonl", jsonl_text(tasks_rows))
     atomic_write_json(meta / "stats.json", stats)
     atomic_write_json(meta / "info.json", info)
+
+
+def write_dataset(
+    root: str | os.PathLike,
+    fps: float,
+    episodes: Iterable[tuple[Episode, dict[str, Any]]],
+    tasks: Sequence[str],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write a dataset's episodes 0..N-1, then its metadata; return its info.
+
+    `episodes` yields (episode, its episodes.jsonl row holding "length"); each episode gets its
+    `episode_index` and global `index` columns here.
+    """
+    rows, samples, features, offset = [], [], None, 0
+    for episode_index, (episode, row) in enumerate(episodes):
+        length = row["length"]
+        episode["episode_index"] = np.full(length, episode_index, dtype=np.int64)
+        episode["index"] = np.arange(offset, offset + length, dtype=np.int64)
+        write_episode(episode_path(root, episode_index), episode)
+        features = features or feature_spec(episode)
+        samples.append(stats_sample(episode))
+        rows.append({**row, "episode_index": episode_index})
+        offset += length
+    info = dataset_info(fps, features, rows, offset, tasks, **extra)
+    write_metadata(root, info, rows, tasks, compute_stats(samples))
+    return info
 
 
 def read_json(path: Path) -> Any:
@@ -307,28 +336,22 @@ class RobotDataset:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         episode_index, frame = self.locate(index)
-        episode = self.episode(episode_index)
-        item: dict[str, Any] = {k: v[frame] for k, v in episode.items()}
-        item["instruction"] = self.instruction(episode_index)
-        return item
+        columns = self.episode(episode_index).items()
+        return {**{k: v[frame] for k, v in columns}, "instruction": self.instruction(episode_index)}
 
     def iter_episodes(self, episode_indices: Sequence[int] | None = None) -> Iterator[Episode]:
         for episode_index in (
-            episode_indices if episode_indices is not None else range(self.num_episodes)
+            range(self.num_episodes) if episode_indices is None else episode_indices
         ):
             yield self.episode(episode_index)
 
     def iter_frames(self, episode_indices: Sequence[int] | None = None) -> Iterator[dict[str, Any]]:
         """Stream frames episode by episode (for an IterableDataset)."""
-        for episode_index in (
-            episode_indices if episode_indices is not None else range(self.num_episodes)
-        ):
-            episode = self.episode(episode_index)
+        indices = range(self.num_episodes) if episode_indices is None else episode_indices
+        for episode_index, episode in zip(indices, self.iter_episodes(indices)):
             instruction = self.instruction(episode_index)
             for frame in range(len(episode[ACTION_KEY])):
-                item: dict[str, Any] = {k: v[frame] for k, v in episode.items()}
-                item["instruction"] = instruction
-                yield item
+                yield {**{k: v[frame] for k, v in episode.items()}, "instruction": instruction}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_frames()

@@ -17,6 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", action="store_true", help="write one mp4 per episode to --out")
     parser.add_argument("--num-envs", type=int, default=1, help="parallel environments (processes)")
     parser.add_argument("--instruction", default=None, help="override the task instruction")
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local processes, or Ray actors (pip install -e '.[ray]'); --num-envs of them",
+    )
+    parser.add_argument(
+        "--ray-address", default="", help="--executor ray: an existing cluster; empty: start one"
+    )
     args = parser.parse_args(argv)
 
     from fmmm.eval.rollout import evaluate, format_table
@@ -32,7 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         tasks = fmmm.envs.task_names() if args.task == "all" else [args.task]
         video_dir = args.out / "videos" if args.video else None
         results = evaluate(
-            args.policy, tasks, args.episodes, args.seed, args.num_envs, video_dir, args.instruction
+            args.policy,
+            tasks,
+            args.episodes,
+            args.seed,
+            args.num_envs,
+            video_dir,
+            args.instruction,
+            executor=args.executor,
+            ray_address=args.ray_address,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

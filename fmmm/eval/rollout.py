@@ -1,4 +1,4 @@
-"""Rollouts: run a policy in the MuJoCo tasks, episode by episode, in parallel worker processes.
+"""Rollouts: run a policy in the MuJoCo tasks, episode by episode, in worker processes or Ray actors.
 
 Every episode's initial state comes from `episode_seed(task, base_seed, index, "eval")` and a
 stochastic policy is re-seeded per episode (`policy.seed(...)` when it has one), so the results
@@ -108,6 +108,36 @@ def parallel_map(
     context = multiprocessing.get_context("spawn")
     with context.Pool(num_workers, initializer=initializer, initargs=initargs) as pool:
         yield from pool.imap_unordered(function, items, chunksize=1)
+
+
+class _RayEvalWorker:
+    """A Ray actor holding one policy copy and its environments (see `_init_eval_worker`)."""
+
+    def __init__(self, *initargs: Any):
+        _init_eval_worker(*initargs)
+
+    def run(self, item: tuple[str, int]) -> dict[str, Any]:
+        return _eval_one(item)
+
+
+def ray_map(
+    items: Iterable[tuple[str, int]], num_workers: int, initargs: tuple, address: str = ""
+) -> Iterator[dict[str, Any]]:
+    """Yield `_eval_one(item)` as episodes finish, on `num_workers` Ray actors (1 CPU each) of
+    the cluster at `address` (empty: a local cluster)."""
+    from ray.util import ActorPool
+
+    from fmmm.utils.ray_cluster import connect, worker_runtime_env
+
+    ray = connect(address)
+    actor = ray.remote(num_cpus=1, runtime_env=worker_runtime_env())(_RayEvalWorker)
+    workers = [actor.remote(*initargs) for _ in range(num_workers)]
+    try:
+        pool = ActorPool(workers)
+        yield from pool.map_unordered(lambda worker, item: worker.run.remote(item), list(items))
+    finally:
+        for worker in workers:
+            ray.kill(worker)
 
 
 def limit_worker_threads() -> None:
@@ -226,8 +256,14 @@ def evaluate(
     video_dir: str | os.PathLike | None = None,
     instruction: str | None = None,
     progress: bool = True,
+    executor: str = "local",
+    ray_address: str = "",
 ) -> dict[str, Any]:
-    """Evaluate `policy` (name or run dir) on `tasks`; per-episode rows, per-task summaries, timings."""
+    """Evaluate `policy` (name or run dir) on `tasks`; per-episode rows, per-task summaries, timings.
+
+    `executor="ray"` runs the episodes on `num_envs` Ray actors (of the cluster at
+    `ray_address`, else a local one) instead of local processes; the rows are the same.
+    """
     import fmmm.envs
     from fmmm.utils.progress import progress as progress_bar
 
@@ -235,6 +271,8 @@ def evaluate(
         raise ValueError(f"--episodes must be positive, got {episodes}")
     if num_envs <= 0:
         raise ValueError(f"--num-envs must be positive, got {num_envs}")
+    if executor not in ("local", "ray"):
+        raise ValueError(f"--executor must be local or ray, got {executor!r}")
     known = fmmm.envs.task_names()
     for task in tasks:
         if task not in known:
@@ -255,9 +293,12 @@ def evaluate(
     start = time.perf_counter()
     workers = min(num_envs, len(items))
     initargs = (policy, base_seed, instruction, None if video_dir is None else str(video_dir))
-    if workers == 1:
-        initargs += (factory,)  # in-process: reuse the loaded policy rather than load it again
-    results = parallel_map(_eval_one, items, workers, _init_eval_worker, initargs)
+    if executor == "ray":
+        results = ray_map(items, workers, initargs, ray_address)
+    else:
+        if workers == 1:
+            initargs += (factory,)  # in-process: reuse the loaded policy, not load it again
+        results = parallel_map(_eval_one, items, workers, _init_eval_worker, initargs)
     for row in progress_bar(
         results, total=len(items), desc="eval", disable=not progress, unit="ep"
     ):

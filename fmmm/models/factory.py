@@ -53,12 +53,15 @@ def builder_for(config: MultimodalConfig, tokenizers: dict[str, Any]) -> Sequenc
             f"action tokenizer has {action.num_bins} bins, the model {config.action_bins}"
         )
     if state is not None and state.dims != config.state_dim:
-        raise ValueError(f"state normalizer is {state.dims}-D, the model's state {config.state_dim}")
+        raise ValueError(
+            f"state normalizer is {state.dims}-D, the model's state {config.state_dim}"
+        )
     size, patch = config.image_size, config.patch_size
     return SequenceBuilder(
         text,
         image_tokenizer=tokenizers.get("image") or ImageTokenizer(size, patch),
-        video_tokenizer=tokenizers.get("video") or VideoTokenizer(size, patch, config.video_tubelet),
+        video_tokenizer=tokenizers.get("video")
+        or VideoTokenizer(size, patch, config.video_tubelet),
         audio_tokenizer=tokenizers.get("audio"),
         action_tokenizer=action,
         state_normalizer=state,

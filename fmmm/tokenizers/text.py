@@ -103,11 +103,7 @@ class TextTokenizer:
         self.bos_id = tokenizer.token_to_id(BOS)
         self.eos_id = tokenizer.token_to_id(EOS)
         self.marker_ids = {name: tokenizer.token_to_id(f"<|{name}|>") for name in MARKERS}
-        self.image_id = self.marker_ids["image"]
-        self.video_id = self.marker_ids["video"]
-        self.audio_id = self.marker_ids["audio"]
-        self.action_id = self.marker_ids["action"]
-        self.state_id = self.marker_ids["state"]
+        self.action_id = self.marker_ids["action"]  # closes a prompt whose action follows
 
     @classmethod
     def train(cls, corpus: Iterable[str], vocab_size: int = 1024) -> TextTokenizer:
@@ -145,10 +141,7 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Decode id lists back to strings, dropping special tokens."""
-        rows = [[int(i) for i in row] for row in _as_lists(ids)]
-        for row in rows:
-            if any(i < 0 or i >= self.vocab_size for i in row):
-                raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
+        rows = _id_rows(ids, self.vocab_size)
         return self.tokenizer.decode_batch(rows, skip_special_tokens=True)
 
     def pad(
@@ -178,14 +171,18 @@ class TextTokenizer:
         return cls(Tokenizer.from_file(str(directory / TEXT_FILE)))
 
 
-def _as_lists(ids) -> list:
+def _id_rows(ids, vocab_size: int) -> list[list[int]]:
+    """A batch of id lists as Python ints, every id checked to lie in the vocabulary."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
     if not isinstance(ids, Sequence) or len(ids) == 0:
         raise ValueError("ids must be a non-empty batch of id lists")
     if not all(isinstance(row, Sequence) for row in ids):
         raise ValueError("ids must be a batch (list of id lists), got a flat list")
-    return list(ids)
+    rows = [[int(i) for i in row] for row in ids]
+    if any(i < 0 or i >= vocab_size for row in rows for i in row):
+        raise ValueError(f"token ids must lie in [0, {vocab_size})")
+    return rows
 
 
 @functools.cache
@@ -214,11 +211,7 @@ class ClipTextTokenizer:
         self.eos_id = self.tokenizer.eot_token_id
         self.pad_id = 0  # open_clip pads with 0; masks mark which positions are real
         self.marker_ids = {name: self.tokenizer.encoder[f"<|{name}|>"] for name in MARKERS}
-        self.image_id = self.marker_ids["image"]
-        self.video_id = self.marker_ids["video"]
-        self.audio_id = self.marker_ids["audio"]
-        self.action_id = self.marker_ids["action"]
-        self.state_id = self.marker_ids["state"]
+        self.action_id = self.marker_ids["action"]  # closes a prompt whose action follows
         self._special = {self.bos_id, self.eos_id, *self.marker_ids.values()}
 
     @property
@@ -236,13 +229,10 @@ class ClipTextTokenizer:
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Decode id lists (special tokens dropped); CLIP's decoding is lower-case and spaced."""
-        rows = [[int(i) for i in row] for row in _as_lists(ids)]
-        out = []
-        for row in rows:
-            if any(i < 0 or i >= self.vocab_size for i in row):
-                raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
-            out.append(self.tokenizer.decode([i for i in row if i not in self._special]).strip())
-        return out
+        return [
+            self.tokenizer.decode([i for i in row if i not in self._special]).strip()
+            for row in _id_rows(ids, self.vocab_size)
+        ]
 
     def pad(
         self, ids: Sequence[Sequence[int]], max_length: int

@@ -381,6 +381,10 @@ def run(config_path: str, overrides: list[str]) -> Any:
         model.save_pretrained(run.out_dir / "model", tokenizers=builder_tokenizers(builder))
     summary = run.finish(result, {**asdict(result), "parameters": shape.parameters(active=True)})
     if run.is_main:
-        print(json.dumps({k: summary.summary[k] for k in ("status", "step", "tokens_per_second", "mfu")}))
+        print(
+            json.dumps(
+                {k: summary.summary[k] for k in ("status", "step", "tokens_per_second", "mfu")}
+            )
+        )
         print(json.dumps(result.eval_metrics, sort_keys=True))
     return result

@@ -149,10 +149,14 @@ class Run:
             "steps": result.step,
             "final_metrics": result.metrics,
         }
-        full = {**header, **summary, "total_seconds": self.elapsed(), "config": config_to_dict(self.cfg)}
-        if self.is_main:
+        full = {
+            **header,
+            **summary,
+            "total_seconds": self.elapsed(),
+            "config": config_to_dict(self.cfg),
+        }
+        if self.is_main:  # no barrier: the trainer has ended the process group
             atomic_write_json(self.out_dir / "summary.json", full)
-        self.accelerator.wait_for_everyone()
         return RunResult(result.status, full)
 
 

@@ -1,4 +1,4 @@
-"""Scripted experts solve every task from seeded initial states; random actions do not."""
+"""Scripted experts solve every task on the evaluation episodes; random actions do not."""
 
 from __future__ import annotations
 
@@ -7,25 +7,24 @@ import pytest
 
 from fmmm.envs import make_env, task_names
 from fmmm.envs.experts import ScriptedExpert
+from fmmm.envs.seeds import episode_seed
+from fmmm.eval.rollout import run_episode
 from fmmm.policies.base import Policy
+from fmmm.policies.factory import load_policy
 
 
-def _success_rate(task: str, seeds: range, policy: str) -> float:
+def _success_rate(task: str, episodes: range, policy: str) -> float:
+    """Success over `episodes` as `python -m fmmm.eval --policy <policy> --seed 0` runs them:
+    initial states from the "eval" seed stream (disjoint from the demonstrations' "train"
+    stream), the policy re-seeded from the "policy" stream."""
     env = make_env(task, render=False)
-    expert = ScriptedExpert(env)
+    agent = load_policy(policy)(env)
     successes = 0
-    for seed in seeds:
-        obs, _ = env.reset(seed=seed)
-        expert.reset()
-        env.action_space.seed(seed)
-        while True:
-            action = expert.act(obs) if policy == "expert" else env.action_space.sample()
-            obs, _, terminated, truncated, info = env.step(action)
-            if terminated or truncated:
-                break
-        successes += info["is_success"]
+    for index in episodes:
+        seed, policy_seed = (episode_seed(task, 0, index, split) for split in ("eval", "policy"))
+        successes += run_episode(env, agent, seed, policy_seed)["success"]
     env.close()
-    return successes / len(seeds)
+    return successes / len(episodes)
 
 
 def test_expert_implements_the_policy_interface():
@@ -39,19 +38,20 @@ def test_expert_implements_the_policy_interface():
 
 
 @pytest.mark.parametrize("task", task_names())
-def test_scripted_expert_solves_unseen_seeds(task):
-    assert _success_rate(task, range(1000, 1005), "expert") >= 0.8
+def test_scripted_expert_solves_first_evaluation_episodes(task):
+    assert _success_rate(task, range(5), "scripted") >= 0.8
 
 
 @pytest.mark.parametrize("task", task_names())
-def test_random_actions_rarely_succeed(task):
+def test_random_actions_rarely_succeed_on_evaluation_episodes(task):
     assert _success_rate(task, range(6), "random") <= 1 / 6
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", task_names())
-def test_scripted_expert_succeeds_on_50_evaluation_seeds(task):
-    assert _success_rate(task, range(50), "expert") >= 0.95
+def test_scripted_expert_solves_all_50_evaluation_episodes(task):
+    # The README and docs/benchmarks/envs.md publish 100% over these 50 episodes of every task.
+    assert _success_rate(task, range(50), "scripted") == 1.0
 
 
 def test_expert_rejects_foreign_envs():

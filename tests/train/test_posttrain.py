@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fmmm.config import ConfigError, load_config
+from fmmm.resources import data_dir
 from fmmm.train.posttrain import (
     DPOModel,
     PostTrainConfig,
@@ -13,7 +14,6 @@ from fmmm.train.posttrain import (
     posttrain,
     scene_questions,
 )
-from fmmm.resources import data_dir
 
 TINY = [
     "data.tasks=[reach]",

@@ -5,6 +5,7 @@ import torch
 
 from fmmm.config import ConfigError, load_config
 from fmmm.datasets.robot import RobotDataset
+from fmmm.resources import data_dir
 from fmmm.train.vla import (
     FrameSamples,
     VLARunConfig,
@@ -12,7 +13,6 @@ from fmmm.train.vla import (
     build_vla,
     train_vla,
 )
-from fmmm.resources import data_dir
 
 TINY = [
     "model.backbone.dim=32",
