@@ -261,7 +261,7 @@ def collect(
         ):
             done[summary["attempt"]] = summary
             bar.update(min(sum(s["kept"] for s in done.values()), episodes) - bar.n)
-            bar.set_postfix(attempts=len(done))
+            bar.set_postfix(attempts=len(done), refresh=False)
     bar.close()
     info = _finish(out, staging, selected, run)
     shutil.rmtree(staging)

@@ -97,18 +97,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def unflatten(flat: dict[str, Any]) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}."""
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, last = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return tree
-
-
 def _refuse_renamed(keys: Any, schema: type, where: str) -> None:
     """A one-line error for a key that the schema's `RENAMED` table ({old: new}) says has moved."""
     for key in keys:
@@ -117,13 +105,10 @@ def _refuse_renamed(keys: Any, schema: type, where: str) -> None:
                 raise ConfigError(f"{where}: {old!r} is now {new!r}; rename it")
 
 
-def migrate(tree: dict, schema: type) -> dict:
-    """A saved config (plain dict) with the keys its schema renamed moved to their new names."""
-    flat = flatten(tree)
-    for old, new in getattr(schema, "RENAMED", {}).items():
-        if old in flat:
-            flat[new] = flat.pop(old)
-    return unflatten(flat)
+def migrate(tree: dict, schema: type) -> dict[str, Any]:
+    """A saved config, flattened, with the keys its schema renamed under their new names."""
+    renamed = getattr(schema, "RENAMED", {})
+    return {renamed.get(key, key): value for key, value in flatten(tree).items()}
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -1,9 +1,8 @@
 """Per-modality input embeddings: tokenizer output -> backbone-width tokens, plus pooled projection heads.
 
 Each encoder is a standalone `nn.Module`:
-- `TextEmbedding`: token ids (B, L) -> (B, L, D) (also the shared text + action-bin vocabulary).
+- `TextEmbedding`: token ids (B, L) -> (B, L, D) (the shared vocabulary: text ids, then action bins).
 - `PatchEmbedding`: image / video patches and audio frames (..., F) -> (..., D).
-- `ActionEmbedding`: discretized actions (..., A) long in [0, bins) -> (..., A, D).
 - `StateEmbedding`: proprioceptive state (..., S) float -> (..., D).
 - `ConvStem`: a small convolutional stem (stride-2 3x3 convolutions with coordinate channels) from
   patches (n_images * N, 3*p*p) -> (n_images * N, D), one token per patch cell.
@@ -70,27 +69,6 @@ class PatchEmbedding(nn.Module):
                 f"expected (n_images * {self.grid_tokens}, {self.in_features}) patches, got {tuple(patches.shape)}"
             )
         return out + self.pos_embed.repeat(patches.shape[0] // self.grid_tokens, 1)
-
-
-class ActionEmbedding(nn.Module):
-    """Action bins (..., A) long in [0, num_bins) -> (..., A, D): bin embedding + dimension embedding."""
-
-    def __init__(self, num_bins: int, action_dim: int, dim: int, init_std: float = 0.02):
-        super().__init__()
-        if num_bins <= 1 or action_dim <= 0:
-            raise ValueError(f"need num_bins > 1 and action_dim > 0, got {num_bins}, {action_dim}")
-        self.num_bins, self.action_dim = num_bins, action_dim
-        self.bins = nn.Parameter(torch.randn(num_bins, dim) * init_std)
-        self.dims = nn.Parameter(torch.randn(action_dim, dim) * init_std)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.shape[-1] != self.action_dim or tokens.dtype != torch.long:
-            raise ValueError(
-                f"expected long tokens (..., {self.action_dim}), got {tokens.dtype} {tuple(tokens.shape)}"
-            )
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.num_bins):
-            raise ValueError(f"action tokens must lie in [0, {self.num_bins})")
-        return F.embedding(tokens, self.bins) + self.dims
 
 
 class StateEmbedding(nn.Module):

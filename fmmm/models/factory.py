@@ -37,24 +37,24 @@ def builder_for(config: MultimodalConfig, tokenizers: dict[str, Any]) -> Sequenc
     """
     from fmmm.tokenizers.image import ImageTokenizer, VideoTokenizer
 
-    unknown = set(tokenizers) - set(TOKENIZERS)
-    if unknown:
-        raise ValueError(f"unknown tokenizer names {sorted(unknown)}; known: {list(TOKENIZERS)}")
     text = tokenizers.get("text")
     if text is None:
         raise ValueError("a model's sequence builder needs a text tokenizer")
     if text.vocab_size > config.text_vocab_size:
         raise ValueError(
-            f"text tokenizer has {text.vocab_size} ids, the model only {config.text_vocab_size}"
+            f"the text tokenizer has {text.vocab_size} ids; raise model.text_vocab_size "
+            f"({config.text_vocab_size})"
         )
     action, state = tokenizers.get("action"), tokenizers.get("state")
     if action is not None and action.num_bins != config.action_bins:
         raise ValueError(
-            f"action tokenizer has {action.num_bins} bins, the model {config.action_bins}"
+            f"model.action_bins is {config.action_bins} but the action tokenizer has "
+            f"{action.num_bins} bins"
         )
     if state is not None and state.dims != config.state_dim:
         raise ValueError(
-            f"state normalizer is {state.dims}-D, the model's state {config.state_dim}"
+            f"model.state_dim is {config.state_dim} but the state normalizer was fitted on "
+            f"{state.dims}-dimensional states"
         )
     size, patch = config.image_size, config.patch_size
     return SequenceBuilder(

@@ -41,7 +41,6 @@ from fmmm.tokenizers.sequence import Modality
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZERS_DIR = "tokenizers"
-CONTINUOUS = ("image", "video", "audio", "state")
 POOLED = ("text", "image", "video", "audio", "state")
 
 

@@ -218,19 +218,6 @@ def evaluate_answers(
     return {"answer_accuracy": correct / len(items), "preference_accuracy": preferred / len(items)}
 
 
-class _Items:
-    """Indexed training samples for the Trainer's stream."""
-
-    def __init__(self, items: list[Any]):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.items[index]
-
-
 def build_model(cfg: PostTrainConfig) -> tuple[Any, Any]:
     """Starting MultimodalModel and its sequence builder."""
     from fmmm.models.factory import builder_for
@@ -259,7 +246,7 @@ def posttrain(cfg: PostTrainConfig) -> dict[str, Any]:
     if cfg.kind == "sft":
         module: nn.Module = SFTModel(model)
         samples = [qa.sample(item, item["answer"]) for item in train_items]
-        stream = DatasetStream(_Items(samples), qa.batch, seed=cfg.train.seed)
+        stream = DatasetStream(samples, qa.batch, seed=cfg.train.seed)
     else:
         module = DPOModel(model, cfg.beta)
         pairs = [
@@ -270,7 +257,7 @@ def posttrain(cfg: PostTrainConfig) -> dict[str, Any]:
         def collate(batch_pairs: list[tuple[list[Segment], list[Segment]]]) -> MultimodalBatch:
             return qa.batch([p[0] for p in batch_pairs] + [p[1] for p in batch_pairs])
 
-        stream = DatasetStream(_Items(pairs), collate, seed=cfg.train.seed)
+        stream = DatasetStream(pairs, collate, seed=cfg.train.seed)
     trainer = Trainer(
         cfg.train,
         module,

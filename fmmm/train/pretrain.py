@@ -216,10 +216,6 @@ def build_tokenizers(
     else:
         texts = [ds[i]["text"] for _, ds in train_sets for i in range(min(len(ds), 2000))]
         tokenizers["text"] = TextTokenizer.train(texts, vocab_size=model.text_vocab_size)
-    if tokenizers["text"].vocab_size > model.text_vocab_size:
-        raise ValueError(
-            f"the text tokenizer has {tokenizers['text'].vocab_size} ids; raise model.text_vocab_size"
-        )
     robots = [ds for source, ds in train_sets if source.kind == "robot"]
     if robots:
         if model.action_bins < 2:
@@ -235,15 +231,6 @@ def build_tokenizers(
             )
             tokenizers["action"] = ActionTokenizer(num_bins=model.action_bins).fit(actions)
             tokenizers["state"] = StateNormalizer().fit(states)
-        if model.action_bins != tokenizers["action"].num_bins:
-            raise ValueError(
-                f"model.action_bins must be > 0 for robot sources, got {model.action_bins}"
-            )
-        if model.state_dim != tokenizers["state"].dims:
-            raise ValueError(
-                f"model.state_dim is {model.state_dim} but the robot data has "
-                f"{tokenizers['state'].dims}-dimensional states"
-            )
     return tokenizers
 
 
@@ -347,12 +334,12 @@ def run(config_path: str, overrides: list[str]) -> Any:
     train_sets, heldout_sets = open_sources(cfg, run.accelerator)
     tokenizer_dir = run.out_dir / "tokenizers"  # a resumed run keeps its vocabulary and bins
     tokenizers = build_tokenizers(cfg, train_sets, tokenizer_dir)
+    run.seed()
+    model, builder = create_model_and_builder(cfg.model, tokenizers)  # checks they fit the model
     if run.is_main:
         for name, tokenizer in tokenizers.items():
             tokenizer.save(tokenizer_dir / name)
     run.accelerator.wait_for_everyone()
-    run.seed()
-    model, builder = create_model_and_builder(cfg.model, tokenizers)
     decoder = SampleDecoder(builder, cfg.data.context_length)
     modalities = list(cfg.objectives.contrastive_modalities) if cfg.objectives.contrastive else []
     if cfg.objectives.masked:

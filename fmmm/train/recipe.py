@@ -23,16 +23,8 @@ from fmmm.utils.io import atomic_write_json
 T = TypeVar("T")
 INIT_MODES = ("scratch", "pretrained", "pretrained_shape")
 # Config keys that may change when a run resumes from its checkpoints (prefixes end with ".").
-RESUMABLE_KEYS = (
-    "train.steps",
-    "train.eval_every",
-    "train.prefetch",
-    "train.checkpoint.every",
-    "train.checkpoint.keep",
-    "train.logging.",
-    "data.workers",
-    "eval.",
-)
+RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.prefetch", "train.checkpoint.every",
+                  "train.checkpoint.keep", "train.logging.", "data.workers", "eval.")  # fmt: skip
 
 
 @dataclass
@@ -83,7 +75,7 @@ def check_resumable(cfg: Any, out_dir: Path, allowed: tuple[str, ...] = RESUMABL
     saved = out_dir / "config.yaml"
     if not saved.is_file() or not ckpt.list_checkpoints(out_dir / "ckpt"):
         return
-    before = flatten(migrate(OmegaConf.to_container(read_yaml(saved), resolve=True), type(cfg)))
+    before = migrate(OmegaConf.to_container(read_yaml(saved), resolve=True), type(cfg))
     now = flatten(config_to_dict(cfg))
     differ = sorted(
         key
@@ -142,19 +134,10 @@ class Run:
 
     def finish(self, result: Any, summary: dict[str, Any]) -> RunResult:
         """Write out_dir/summary.json (main process): the common header, then `summary`."""
-        header = {
-            "kind": self.cfg.kind,
-            "out_dir": str(self.out_dir),
-            "status": result.status,
-            "steps": result.step,
-            "final_metrics": result.metrics,
-        }
-        full = {
-            **header,
-            **summary,
-            "total_seconds": self.elapsed(),
-            "config": config_to_dict(self.cfg),
-        }
+        cfg, out_dir = self.cfg, str(self.out_dir)
+        full = {"kind": cfg.kind, "out_dir": out_dir, "status": result.status, "steps": result.step,
+                "final_metrics": result.metrics, **summary, "total_seconds": self.elapsed(),
+                "config": config_to_dict(cfg)}  # fmt: skip
         if self.is_main:  # no barrier: the trainer has ended the process group
             atomic_write_json(self.out_dir / "summary.json", full)
         return RunResult(result.status, full)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from fmmm.models.embeddings import (
-    ActionEmbedding,
     ConvStem,
     PatchEmbedding,
     PooledProjection,
@@ -18,20 +17,13 @@ from fmmm.tokenizers import ImageTokenizer
 def test_each_encoder_maps_tokenizer_output_to_backbone_width():
     assert TextEmbedding(100, 32)(torch.randint(0, 100, (2, 5))).shape == (2, 5, 32)
     assert PatchEmbedding(192, 32)(torch.randn(2, 16, 192)).shape == (2, 16, 32)
-    assert ActionEmbedding(256, 7, 32)(torch.randint(0, 256, (2, 4, 7))).shape == (2, 4, 7, 32)
     assert StateEmbedding(9, 32)(torch.randn(2, 9)).shape == (2, 32)
-
-
-def test_action_embedding_distinguishes_dimensions_with_equal_bins():
-    emb = ActionEmbedding(16, 3, 8)(torch.full((1, 3), 5))
-    assert not torch.allclose(emb[0, 0], emb[0, 1])
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
         (lambda: PatchEmbedding(192, 32)(torch.randn(2, 10)), "192 features"),
-        (lambda: ActionEmbedding(16, 3, 8)(torch.full((1, 3), 16)), r"\[0, 16\)"),
         (lambda: StateEmbedding(9, 8)(torch.randn(3)), r"\(\.\.\., 9\)"),
         (
             lambda: PooledProjection(8, 4)(
