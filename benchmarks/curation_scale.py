@@ -87,6 +87,7 @@ def main() -> None:
     ray.shutdown()
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{time.strftime('%Y-%m-%d')}; "
         f"{args.shards} shards of {args.words}-word documents; Ray local cluster start-up "
         f"{ray_start:.1f} s (not in the times below).",
         "",

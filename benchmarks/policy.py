@@ -10,6 +10,7 @@ a chunk of k actions costs one prefill plus k*7 decoded tokens and is executed w
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -84,31 +85,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", default="1,4", help="comma-separated chunk sizes")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing window per setting")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per setting")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from fmmm.policies.vla import VLA
 
+    chunks = [int(c) for c in args.chunks.split(",")]
+    vlas = {
+        c: VLA.load(args.policy, chunk=c, execute=c) if args.policy else quickstart_vla(c)
+        for c in chunks
+    }
+    settings = [(c, cache) for c in chunks for cache in (True, False)]
+    rates: dict[tuple[int, bool], list[float]] = {s: [] for s in settings}
+    for _ in range(args.repeats):  # interleaved, so machine load hits every setting alike
+        for chunk, use_cache in settings:
+            rates[chunk, use_cache].append(actions_per_second(vlas[chunk], use_cache, args.seconds))
+    base = (chunks[0], False)
     rows = []
-    for chunk in (int(c) for c in args.chunks.split(",")):
-        if args.policy:
-            vla = VLA.load(args.policy, chunk=chunk, execute=chunk)
-        else:
-            vla = quickstart_vla(chunk)
-        for use_cache in (True, False):
-            rate = actions_per_second(vla, use_cache, args.seconds)
-            rows.append({"chunk": chunk, "kv_cache": use_cache, "actions_per_second": rate})
-            print(f"chunk {chunk}  kv_cache {str(use_cache):5}  {rate:8.1f} actions/s", flush=True)
-    base = next(
-        r["actions_per_second"]
-        for r in rows
-        if r["chunk"] == rows[0]["chunk"] and not r["kv_cache"]
+    for chunk, use_cache in settings:
+        ratios = [a / b for a, b in zip(rates[chunk, use_cache], rates[base])]
+        rows.append({"chunk": chunk, "kv_cache": use_cache,
+                     "actions_per_second": float(np.median(rates[chunk, use_cache])),
+                     "ratio_min_median_max": [min(ratios), float(np.median(ratios)), max(ratios)]})  # fmt: skip
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\n{args.repeats} interleaved rounds of {args.seconds:g} s, {args.threads} thread(s), load {load}"
     )
-    print(f"\n| chunk | KV cache | actions/s | vs chunk {rows[0]['chunk']} without cache |")
+    print(
+        f"| chunk | KV cache | actions/s (median) | vs chunk {chunks[0]} without cache (min / median / max) |"
+    )
     print("| --- | --- | --- | --- |")
     for r in rows:
+        low, mid, high = r["ratio_min_median_max"]
+        cache = "yes" if r["kv_cache"] else "no"
         print(
-            f"| {r['chunk']} | {'yes' if r['kv_cache'] else 'no'} | {r['actions_per_second']:.1f} | {r['actions_per_second'] / base:.2f}x |"
+            f"| {r['chunk']} | {cache} | {r['actions_per_second']:.1f} | {low:.2f} / {mid:.2f} / {high:.2f}x |"
         )
     if args.json:
         from fmmm.utils.io import atomic_write_json

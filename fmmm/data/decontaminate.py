@@ -19,8 +19,16 @@ import numpy as np
 from fmmm.data.config import DecontaminateConfig, computed_settings
 from fmmm.data.episodes import is_robot_dataset, iter_episodes, sim_eval_episodes
 from fmmm.data.minhash import batch_word_hashes, content_hash, ngram_hashes, normalize_text
-from fmmm.data.pipeline import Unit, iter_items, list_units, run_units, work_folder, write_report
-from fmmm.data.shards import IMAGE_EXTS, ShardError, decode_image, iter_samples, write_shard
+from fmmm.data.pipeline import (
+    Unit,
+    iter_items,
+    list_units,
+    run_units,
+    work_folder,
+    write_items,
+    write_report,
+)
+from fmmm.data.shards import IMAGE_EXTS, ShardError, decode_image, iter_samples
 from fmmm.data.similarity import perceptual_hash, popcount64
 from fmmm.utils.io import atomic_write_json
 
@@ -171,7 +179,6 @@ def decontaminate_unit(unit: Unit, work: Path, config: DecontaminateConfig) -> d
     """Check every item of one unit; in remove mode write the clean items to the output."""
     errors: list[ShardError] = []
     flagged: list[dict[str, Any]] = []
-    kept_positions: list[int] = []
     counts = {"items_in": 0, "items_out": 0}
 
     def clean():
@@ -200,21 +207,13 @@ def decontaminate_unit(unit: Unit, work: Path, config: DecontaminateConfig) -> d
                 if config.mode == "remove":
                     continue
             counts["items_out"] += 1
-            kept_positions.append(sample["position"])
             yield sample
 
     if config.mode == "report":
         for _ in clean():
             pass
-    elif unit.kind == "episodes":
-        from fmmm.data.episodes import write_episode_subset
-
-        for _ in clean():
-            pass
-        if kept_positions:  # a dataset with no episode left is not written
-            write_episode_subset(unit.path, unit.output, kept_positions)
     else:
-        write_shard(unit.output, clean())
+        write_items(unit, clean())
     return counts | {"flagged": flagged, "errors": [e.to_dict() for e in errors]}
 
 
@@ -285,7 +284,4 @@ def decontaminate(inputs: list[str], output: str, config: DecontaminateConfig) -
     if config.mode == "remove":
         report["items_out"] = sum(r["items_out"] for r in results)
         report["outputs"] = [unit.output for unit in units]
-    summary = write_report(Path(output), "decontaminate", report, iter(flagged))
-    report = json.loads((Path(output) / "report.json").read_text())
-    report["summary"] = summary
-    return report
+    return write_report(Path(output), "decontaminate", report, iter(flagged))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fmmm.data.config import DedupConfig, computed_settings
-from fmmm.data.episodes import episode_hash, write_episode_subset
+from fmmm.data.episodes import episode_hash
 from fmmm.data.minhash import (
     MinHasher,
     band_hashes,
@@ -40,8 +41,16 @@ from fmmm.data.minhash import (
     partition_of,
     shingles,
 )
-from fmmm.data.pipeline import Unit, iter_items, list_units, run_units, work_folder, write_report
-from fmmm.data.shards import Sample, ShardError, decode_image, decode_video, write_shard
+from fmmm.data.pipeline import (
+    Unit,
+    iter_items,
+    list_units,
+    run_units,
+    work_folder,
+    write_items,
+    write_report,
+)
+from fmmm.data.shards import Sample, ShardError, decode_image, decode_video
 from fmmm.data.similarity import (
     RECALL_SAMPLE,
     bucket_pairs,
@@ -103,84 +112,10 @@ def _save(folder: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def extract_features(unit: Unit, work: Path, config: DedupConfig) -> dict[str, Any]:
     """Stage 1 for one unit: per-item hashes saved under work/features/<unit>/."""
-    bands, rows = lsh_parameters(config)
-    hasher = MinHasher(config.num_perm, config.seed)
-    encoder = _clip_encoder(config) if config.images and config.clip_model else None
     errors: list[ShardError] = []
-    exact, modality, positions, bad = [], [], [], []
-    text_ordinals, texts, signatures = [], [], []
-    image_ordinals, image_hashes, image_pixels, embeddings = [], [], [], []
-    video_ordinals, video_hashes = [], []
-
-    def flush_texts() -> None:
-        if texts:
-            signatures.append(hasher.signatures(texts, config.ngram))
-            texts.clear()
-
-    def flush_images() -> None:
-        if image_pixels:
-            embeddings.append(encoder(image_pixels))
-            image_pixels.clear()
-
-    ordinal = -1
-    for ordinal, sample in enumerate(iter_items(unit.path, errors.append)):
-        positions.append(sample["position"])
-        modality.append(MODALITIES.index(sample["modality"]))
-        try:
-            pixels = None
-            if sample["modality"] == "image":
-                pixels = decode_image(sample)
-            elif sample["modality"] == "video":
-                pixels = decode_video(sample)
-        except ShardError as error:
-            errors.append(error)
-            bad.append(ordinal)
-            exact.append(0)
-            continue
-        exact.append(_exact_key(sample, config, pixels))
-        if sample["modality"] == "text" and config.text and normalize_text(sample["text"]):
-            text_ordinals.append(ordinal)
-            texts.append(sample["text"])
-            if len(texts) >= _TEXT_BATCH:
-                flush_texts()
-        elif sample["modality"] == "image" and config.images:
-            image_ordinals.append(ordinal)
-            image_hashes.append(perceptual_hash(pixels))
-            if encoder is not None:
-                image_pixels.append(pixels)
-                if len(image_pixels) >= 64:
-                    flush_images()
-        elif sample["modality"] == "video" and config.images:
-            frames = np.linspace(0, len(pixels) - 1, config.video_frames).round().astype(int)
-            video_ordinals.append(ordinal)
-            video_hashes.append([perceptual_hash(pixels[f]) for f in frames])
-    flush_texts()
-    if encoder is not None:
-        flush_images()
-    signature_array = (
-        np.concatenate(signatures)
-        if signatures
-        else np.zeros((0, config.num_perm), dtype=np.uint32)
-    )
-    arrays = {
-        "exact": np.array(exact, dtype=np.uint64),
-        "modality": np.array(modality, dtype=np.int8),
-        "position": np.array(positions, dtype=np.int64),
-        "bad": np.array(bad, dtype=np.int64),
-        "text_ordinals": np.array(text_ordinals, dtype=np.int64),
-        "text_signatures": signature_array,
-        "text_bands": band_hashes(signature_array, bands, rows),
-        "image_ordinals": np.array(image_ordinals, dtype=np.int64),
-        "image_hashes": np.array(image_hashes, dtype=np.uint64).reshape(-1, 1),
-        "image_embeddings": (
-            np.concatenate(embeddings).astype(np.float32)
-            if embeddings
-            else np.zeros((0, 0), np.float32)
-        ),
-        "video_ordinals": np.array(video_ordinals, dtype=np.int64),
-        "video_hashes": np.array(video_hashes, dtype=np.uint64).reshape(-1, config.video_frames),
-    }
-    good = np.setdiff1d(np.arange(ordinal + 1), arrays["bad"])
+    arrays = _item_features(iter_items(unit.path, errors.append), config, errors.append)
+    items = len(arrays["exact"])
+    good = np.setdiff1d(np.arange(items), arrays["bad"])
     keys = {
         "exact": arrays["exact"][good][:, None],
         "text": arrays["text_bands"],
@@ -191,7 +126,93 @@ def extract_features(unit: Unit, work: Path, config: DedupConfig) -> dict[str, A
     for kind in keys:
         arrays |= _bucket_table(kind, keys[kind], ordinals[kind], config.partitions)
     _save(work / "features" / f"{unit.index:06d}", arrays)
-    return {"items": ordinal + 1, "errors": [e.to_dict() for e in errors]}
+    return {"items": items, "errors": [e.to_dict() for e in errors]}
+
+
+class _Batched:
+    """Applies `function` to the added items in batches of `size`, so memory stays bounded."""
+
+    def __init__(self, function: Callable[[list], np.ndarray] | None, size: int):
+        self.function, self.size = function, size
+        self.pending: list = []
+        self.outputs: list[np.ndarray] = []
+
+    def add(self, item: Any) -> None:
+        self.pending.append(item)
+        if len(self.pending) >= self.size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.outputs.append(self.function(self.pending))
+            self.pending = []
+
+    def result(self, empty: np.ndarray) -> np.ndarray:
+        """The outputs of every batch, concatenated; `empty` when nothing was added."""
+        self._flush()
+        return np.concatenate(self.outputs) if self.outputs else empty
+
+
+def _pixels(sample: Sample) -> np.ndarray | None:
+    """Decoded pixels of an image (H, W, C) or video (T, H, W, C) sample; None for the others."""
+    if sample["modality"] == "image":
+        return decode_image(sample)
+    if sample["modality"] == "video":
+        return decode_video(sample)
+    return None
+
+
+def _item_features(
+    samples: Iterable[Sample], config: DedupConfig, on_error: Callable[[ShardError], None]
+) -> dict[str, np.ndarray]:
+    """Per-item arrays of one unit: content hash, modality, position and undecodable ordinals of
+    every item; ordinals, MinHash signatures and LSH bands of texts; pHashes (and embeddings) of
+    images; per-frame pHashes of videos."""
+    bands, rows = lsh_parameters(config)
+    hasher = MinHasher(config.num_perm, config.seed)
+    encoder = _clip_encoder(config) if config.images and config.clip_model else None
+    signatures = _Batched(lambda texts: hasher.signatures(texts, config.ngram), _TEXT_BATCH)
+    embeddings = _Batched(encoder, 64)
+    exact, modality, positions, bad = [], [], [], []
+    text_ordinals, image_ordinals, image_hashes, video_ordinals, video_hashes = [], [], [], [], []
+    for ordinal, sample in enumerate(samples):
+        positions.append(sample["position"])
+        modality.append(MODALITIES.index(sample["modality"]))
+        try:
+            pixels = _pixels(sample)
+        except ShardError as error:
+            on_error(error)
+            bad.append(ordinal)
+            exact.append(0)
+            continue
+        exact.append(_exact_key(sample, config, pixels))
+        if sample["modality"] == "text" and config.text and normalize_text(sample["text"]):
+            text_ordinals.append(ordinal)
+            signatures.add(sample["text"])
+        elif sample["modality"] == "image" and config.images:
+            image_ordinals.append(ordinal)
+            image_hashes.append(perceptual_hash(pixels))
+            if encoder is not None:
+                embeddings.add(pixels)
+        elif sample["modality"] == "video" and config.images:
+            frames = np.linspace(0, len(pixels) - 1, config.video_frames).round().astype(int)
+            video_ordinals.append(ordinal)
+            video_hashes.append([perceptual_hash(pixels[f]) for f in frames])
+    signature_array = signatures.result(np.zeros((0, config.num_perm), dtype=np.uint32))
+    return {
+        "exact": np.array(exact, dtype=np.uint64),
+        "modality": np.array(modality, dtype=np.int8),
+        "position": np.array(positions, dtype=np.int64),
+        "bad": np.array(bad, dtype=np.int64),
+        "text_ordinals": np.array(text_ordinals, dtype=np.int64),
+        "text_signatures": signature_array,
+        "text_bands": band_hashes(signature_array, bands, rows),
+        "image_ordinals": np.array(image_ordinals, dtype=np.int64),
+        "image_hashes": np.array(image_hashes, dtype=np.uint64).reshape(-1, 1),
+        "image_embeddings": embeddings.result(np.zeros((0, 0), np.float32)).astype(np.float32),
+        "video_ordinals": np.array(video_ordinals, dtype=np.int64),
+        "video_hashes": np.array(video_hashes, dtype=np.uint64).reshape(-1, config.video_frames),
+    }
 
 
 def _bucket_table(
@@ -556,13 +577,7 @@ def write_unit(unit: Unit, work: Path) -> dict[str, Any]:
                     | decision
                 )
 
-    if unit.kind == "episodes":
-        for _ in kept_samples():
-            pass
-        if kept:  # a dataset with no episode left is not written
-            write_episode_subset(unit.path, unit.output, kept)
-    else:
-        write_shard(unit.output, kept_samples())
+    write_items(unit, kept_samples())
     return {"items_in": items, "items_out": len(kept), "removed": removed}
 
 
@@ -622,7 +637,4 @@ def dedup(inputs: list[str], output: str, config: DedupConfig) -> dict[str, Any]
         "outputs": [unit.output for unit in units],
     }
     removed = (item for result in written for item in result["removed"])
-    summary = write_report(Path(output), "dedup", report, removed)
-    report = json.loads((Path(output) / "report.json").read_text())
-    report["summary"] = summary
-    return report
+    return write_report(Path(output), "dedup", report, removed)

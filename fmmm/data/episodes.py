@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fmmm.data.minhash import content_hash, normalize_text
-from fmmm.data.shards import Sample, ShardError
+from fmmm.data.shards import Sample, ShardError, make_sample, report_error
 
 
 def is_robot_dataset(path: str | os.PathLike) -> bool:
@@ -31,10 +31,7 @@ def iter_episodes(
     try:
         dataset = robot.RobotDataset(root)
     except ValueError as exc:
-        error = ShardError(root, 0, str(exc))
-        if on_error is None:
-            raise error from None
-        on_error(error)
+        report_error(ShardError(root, 0, str(exc)), on_error)
         return
     for index in range(dataset.num_episodes):
         try:
@@ -42,24 +39,13 @@ def iter_episodes(
                 robot.episode_path(root, index), columns=[robot.STATE_KEY, robot.ACTION_KEY]
             )
         except (ValueError, KeyError) as exc:
-            error = ShardError(root, index, f"episode {index}: {exc}")
-            if on_error is None:
-                raise error from None
-            on_error(error)
+            report_error(ShardError(root, index, f"episode {index}: {exc}"), on_error)
             continue
-        yield {
-            "key": f"episode_{index:06d}",
+        key, text, row = f"episode_{index:06d}", dataset.instruction(index), dataset.episodes[index]
+        yield make_sample(key, text, json_meta=row, source=root, position=index) | {
             "modality": "episode",
-            "text": dataset.instruction(index),
             "state": arrays[robot.STATE_KEY],
             "action": arrays[robot.ACTION_KEY],
-            "json": dataset.episodes[index],
-            "image": None,
-            "audio": None,
-            "video": None,
-            "ext": {},
-            "source": str(root),
-            "position": index,
         }
 
 
@@ -91,36 +77,26 @@ def write_episode_subset(
     from fmmm.datasets import robot
     from fmmm.utils.io import atomic_dir
 
+    if not keep:
+        raise ValueError(f"no episodes of {source} are left to write")
     dataset = robot.RobotDataset(source)
+    tasks = list(dict.fromkeys(dataset.instruction(index) for index in keep))
+
+    def episodes() -> Iterator[tuple[robot.Episode, dict[str, Any]]]:
+        for index in keep:
+            episode = robot.read_episode(robot.episode_path(source, index))
+            task_index = tasks.index(dataset.instruction(index))
+            length = dataset.episodes[index]["length"]
+            episode["task_index"] = np.full(length, task_index, dtype=np.int64)
+            yield episode, dataset.episodes[index]
+
+    # the source's provenance carries over; the totals, features and layout are the subset's own
+    layout = robot.dataset_info(dataset.fps, {}, [], 0, [])
+    provenance = {k: v for k, v in dataset.info.items() if k not in layout}
     with atomic_dir(destination) as out:
-        tasks: list[str] = []
-        rows: list[dict[str, Any]] = []
-        samples = []
-        offset = 0
-        for new_index, old_index in enumerate(keep):
-            episode = dict(robot.read_episode(robot.episode_path(source, old_index)))
-            length = len(episode[robot.ACTION_KEY])
-            instruction = dataset.instruction(old_index)
-            if instruction not in tasks:
-                tasks.append(instruction)
-            episode["episode_index"] = np.full(length, new_index, dtype=np.int64)
-            episode["index"] = np.arange(length, dtype=np.int64) + offset
-            episode["task_index"] = np.full(length, tasks.index(instruction), dtype=np.int64)
-            robot.write_episode(robot.episode_path(out, new_index), episode)
-            samples.append(robot.stats_sample(episode))
-            rows.append(dataset.episodes[old_index] | {"episode_index": new_index})
-            offset += length
-        if not rows:
-            raise ValueError(f"no episodes of {source} are left to write")
-        info = dict(dataset.info)
-        info.update(
-            total_episodes=len(rows),
-            total_frames=offset,
-            total_tasks=len(tasks),
-            splits={"train": f"0:{len(rows)}"},
-            curated_from=str(source),
+        robot.write_dataset(
+            out, dataset.fps, episodes(), tasks, **provenance | {"curated_from": str(source)}
         )
-        robot.write_metadata(out, info, rows, tasks, robot.compute_stats(samples))
 
 
 def sim_eval_episodes(spec: str) -> list[dict[str, Any]]:

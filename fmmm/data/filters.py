@@ -298,8 +298,6 @@ def filter_unit(unit: Unit, work: Path, config: FilterConfig) -> dict[str, Any]:
 
 def filter_corpus(inputs: list[str], output: str, config: FilterConfig) -> dict[str, Any]:
     """Filter every unit; write shards, report.json, removed.jsonl and summary.txt to `output`."""
-    import json
-
     units = list_units(inputs, output)
     settings = computed_settings(config)
     work = work_folder(output, "filter", settings, units)
@@ -323,9 +321,5 @@ def filter_corpus(inputs: list[str], output: str, config: FilterConfig) -> dict[
         "errors": [e for r in results for e in r["errors"]],
         "outputs": [unit.output for unit in units],
     }
-    summary = write_report(
-        Path(output), "filter", report, (item for r in results for item in r["removed"])
-    )
-    report = json.loads((Path(output) / "report.json").read_text())
-    report["summary"] = summary
-    return report
+    removed = (item for r in results for item in r["removed"])
+    return write_report(Path(output), "filter", report, removed)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fmmm.data.config import RunConfig
-from fmmm.data.episodes import is_robot_dataset, iter_episodes
+from fmmm.data.episodes import is_robot_dataset, iter_episodes, write_episode_subset
 from fmmm.data.executor import make_executor
 from fmmm.data.minhash import content_hash
-from fmmm.data.shards import SHARD_SUFFIXES, Sample, ShardError, iter_samples
+from fmmm.data.shards import SHARD_SUFFIXES, Sample, ShardError, iter_samples, write_shard
 from fmmm.utils.io import atomic_write_json, atomic_write_text
 
 MAX_EXAMPLES = 20  # removed items listed per reason in report.json (all are in removed.jsonl)
@@ -45,6 +45,17 @@ def iter_items(path: str, on_error: Callable[[ShardError], None] | None = None) 
     if is_robot_dataset(path):
         return iter_episodes(path, on_error)
     return iter_samples(path, on_error)
+
+
+def write_items(unit: Unit, samples: Iterable[Sample]) -> None:
+    """Write the items a stage keeps: a shard, or the subset of a robot dataset's episodes (a
+    dataset with no episode left is not written)."""
+    if unit.kind == "episodes":
+        positions = [sample["position"] for sample in samples]
+        if positions:
+            write_episode_subset(unit.path, unit.output, positions)
+    else:
+        write_shard(unit.output, samples)
 
 
 def _walk_inputs(item: str) -> list[Path]:
@@ -173,8 +184,9 @@ def run_units(
 
 def write_report(
     output: Path, command: str, report: dict[str, Any], removed: Iterator[dict[str, Any]]
-) -> str:
-    """Write report.json, removed.jsonl and summary.txt into `output`; return the summary."""
+) -> dict[str, Any]:
+    """Write report.json, removed.jsonl and summary.txt into `output`; return the report as
+    written (read back) with its `summary`."""
     by_reason: dict[str, int] = {}
     examples: dict[str, list[dict[str, Any]]] = {}
     lines = []
@@ -188,7 +200,7 @@ def write_report(
     atomic_write_json(output / "report.json", report)
     summary = summarize(report)
     atomic_write_text(output / "summary.txt", summary)
-    return summary
+    return json.loads((output / "report.json").read_text()) | {"summary": summary}
 
 
 def summarize(report: dict[str, Any]) -> str:

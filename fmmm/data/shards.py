@@ -110,7 +110,8 @@ def iter_samples(
         raise ValueError(f"{path}: unknown shard format (expected .tar or .jsonl)")
 
 
-def _report(error: ShardError, on_error: Callable[[ShardError], None] | None) -> None:
+def report_error(error: ShardError, on_error: Callable[[ShardError], None] | None) -> None:
+    """Hand `error` to `on_error`, or raise it when there is none."""
     if on_error is None:
         raise error
     on_error(error)
@@ -124,10 +125,12 @@ def _iter_jsonl(path: Path, on_error: Callable[[ShardError], None] | None) -> It
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                _report(ShardError(path, line_number, f"invalid JSON line: {exc}"), on_error)
+                report_error(ShardError(path, line_number, f"invalid JSON line: {exc}"), on_error)
                 continue
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                _report(ShardError(path, line_number, 'line has no string "text" field'), on_error)
+                report_error(
+                    ShardError(path, line_number, 'line has no string "text" field'), on_error
+                )
                 continue
             yield text_sample(
                 record, path, line_number, record.get("id", f"{path.stem}:{line_number}")
@@ -136,18 +139,7 @@ def _iter_jsonl(path: Path, on_error: Callable[[ShardError], None] | None) -> It
 
 def text_sample(record: dict[str, Any], path: Path, position: int, key: Any) -> Sample:
     """The sample dict of one JSONL record (`record["text"]` holds the text)."""
-    return {
-        "key": str(key),
-        "modality": "text",
-        "text": record["text"],
-        "image": None,
-        "audio": None,
-        "video": None,
-        "ext": {},
-        "json": record,
-        "source": str(path),
-        "position": position,
-    }
+    return make_sample(str(key), record["text"], json_meta=record, source=path, position=position)
 
 
 def _split_member_name(name: str) -> tuple[str, str]:
@@ -158,18 +150,7 @@ def _split_member_name(name: str) -> tuple[str, str]:
 
 
 def _sample_from_members(key: str, members: dict[str, bytes], path: Path, position: int) -> Sample:
-    sample: Sample = {
-        "key": key,
-        "modality": "text",
-        "text": None,
-        "image": None,
-        "audio": None,
-        "video": None,
-        "ext": {},
-        "json": None,
-        "source": str(path),
-        "position": position,
-    }
+    sample = make_sample(key, source=path, position=position)
     for ext, data in members.items():
         if ext in TEXT_EXTS:
             try:
@@ -204,7 +185,7 @@ def _iter_tar(path: Path, on_error: Callable[[ShardError], None] | None) -> Iter
         try:
             tar = tarfile.open(fileobj=f, mode="r:")
         except tarfile.TarError as exc:
-            _report(ShardError(path, 0, f"not a readable tar: {exc}"), on_error)
+            report_error(ShardError(path, 0, f"not a readable tar: {exc}"), on_error)
             return
         key, members, position = None, {}, 0
         while True:
@@ -215,7 +196,7 @@ def _iter_tar(path: Path, on_error: Callable[[ShardError], None] | None) -> Iter
                     break
                 data = tar.extractfile(info).read() if info.isfile() else None
             except (tarfile.TarError, EOFError, OSError) as exc:
-                _report(ShardError(path, offset, f"truncated or corrupt tar: {exc}"), on_error)
+                report_error(ShardError(path, offset, f"truncated or corrupt tar: {exc}"), on_error)
                 return
             # Keep the member list from growing with the shard: we never look back.
             tar.members.clear()
@@ -235,7 +216,9 @@ def _iter_tar(path: Path, on_error: Callable[[ShardError], None] | None) -> Iter
             yield from _emit(key, members, path, position, on_error)
         if not complete:
             where = position if key is not None else min(tar.offset, size)
-            _report(ShardError(path, where, "truncated tar: no end-of-archive block"), on_error)
+            report_error(
+                ShardError(path, where, "truncated tar: no end-of-archive block"), on_error
+            )
 
 
 def _emit(
@@ -244,7 +227,7 @@ def _emit(
     try:
         yield _sample_from_members(key, members, path, position)
     except ShardError as error:
-        _report(error, on_error)
+        report_error(error, on_error)
 
 
 class ShardDataset:
@@ -425,8 +408,11 @@ def make_sample(
     video: bytes | None = None,
     ext: dict[str, str] | None = None,
     json_meta: dict | None = None,
+    source: str | os.PathLike = "",
+    position: int = 0,
 ) -> Sample:
-    """Build a sample dict for `ShardWriter` (payloads are encoded bytes; `ext` names their format)."""
+    """Build a sample dict (payloads are encoded bytes; `ext` names their format); `source` and
+    `position` say where a sample read from a shard stands."""
     ext = dict(ext or {})
     payloads = {"image": image, "audio": audio, "video": video}
     for payload, default in (("image", "png"), ("audio", "wav"), ("video", "npy")):
@@ -442,8 +428,8 @@ def make_sample(
         "video": video,
         "ext": ext,
         "json": json_meta,
-        "source": "",
-        "position": 0,
+        "source": str(source),
+        "position": position,
     }
 
 

@@ -33,7 +33,6 @@ DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
-INDEX_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 Episode = dict[str, np.ndarray]
 
@@ -111,8 +110,15 @@ def read_episode(path: str | os.PathLike, columns: Sequence[str] | None = None) 
     return episode
 
 
-def feature_spec(episode: Episode) -> dict[str, dict[str, Any]]:
-    """The `features` table of info.json, derived from one episode's arrays."""
+def feature_spec(
+    episode: Episode, names: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The `features` table of info.json, derived from one episode's arrays.
+
+    `names` gives features their per-dimension names (LeRobot's `names`: a list, or a dict such as
+    `{"motors": [...]}`); features without an entry get None.
+    """
+    names = names or {}
     features = {}
     for name, values in episode.items():
         shape = list(values.shape[1:]) or [1]
@@ -124,7 +130,7 @@ def feature_spec(episode: Episode) -> dict[str, dict[str, Any]]:
                 "storage": "parquet fixed-size binary, uint8, lossless",
             }
         else:
-            features[name] = {"dtype": str(values.dtype), "shape": shape, "names": None}
+            features[name] = {"dtype": str(values.dtype), "shape": shape, "names": names.get(name)}
     return features
 
 
@@ -136,8 +142,13 @@ def stats_sample(episode: Episode) -> Episode:
     }
 
 
-def compute_stats(samples: Sequence[Episode]) -> dict[str, dict[str, list]]:
-    """Per-feature mean/std/min/max/q01/q99 over `stats_sample`s (images: per channel in [0, 1])."""
+def compute_stats(
+    samples: Sequence[Episode], quantiles: Sequence[float] = (0.01, 0.99)
+) -> dict[str, dict[str, list]]:
+    """Per-feature mean/std/min/max and quantiles over `stats_sample`s (images: per channel in [0, 1]).
+
+    Quantile `q` is named `q{100q:02d}` (0.01 -> "q01"), as LeRobot names them.
+    """
     if not samples:
         raise ValueError("cannot compute statistics of an empty dataset")
     stats = {}
@@ -147,15 +158,14 @@ def compute_stats(samples: Sequence[Episode]) -> dict[str, dict[str, list]]:
             data = data.reshape(-1, data.shape[-1]).astype(np.float32) / 255.0
         else:
             data = data.astype(np.float64).reshape(len(data), -1)
-        q01, q99 = np.quantile(data, [0.01, 0.99], axis=0)
         values = {
             "mean": data.mean(0),
             "std": data.std(0),
             "min": data.min(0),
             "max": data.max(0),
-            "q01": q01,
-            "q99": q99,
         }
+        for q, value in zip(quantiles, np.quantile(data, quantiles, axis=0)):
+            values[f"q{round(100 * q):02d}"] = value
         # images follow LeRobot: per-channel statistics shaped (C, 1, 1)
         shape = (-1, 1, 1) if name.startswith(IMAGE_PREFIX) else (-1,)
         stats[name] = {k: v.reshape(shape).tolist() for k, v in values.items()}
@@ -212,12 +222,14 @@ def write_dataset(
     fps: float,
     episodes: Iterable[tuple[Episode, dict[str, Any]]],
     tasks: Sequence[str],
+    names: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Write a dataset's episodes 0..N-1, then its metadata; return its info.
 
     `episodes` yields (episode, its episodes.jsonl row holding "length"); each episode gets its
-    `episode_index` and global `index` columns here.
+    `episode_index` and global `index` columns here. `names`: per-dimension feature names, as
+    `feature_spec` takes them.
     """
     rows, samples, features, offset = [], [], None, 0
     for episode_index, (episode, row) in enumerate(episodes):
@@ -225,7 +237,7 @@ def write_dataset(
         episode["episode_index"] = np.full(length, episode_index, dtype=np.int64)
         episode["index"] = np.arange(offset, offset + length, dtype=np.int64)
         write_episode(episode_path(root, episode_index), episode)
-        features = features or feature_spec(episode)
+        features = features or feature_spec(episode, names)
         samples.append(stats_sample(episode))
         rows.append({**row, "episode_index": episode_index})
         offset += length

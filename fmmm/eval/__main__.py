@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
         "--executor",
         choices=["local", "ray"],
         default="local",
-        help="local processes, or Ray actors (pip install -e '.[ray]'); --num-envs of them",
+        help="local processes, or Ray actors (pip install -e '.[ray]') sharing the --num-envs",
     )
     parser.add_argument(
         "--ray-address", default="", help="--executor ray: an existing cluster; empty: start one"
+    )
+    parser.add_argument(
+        "--envs-per-actor", type=int, default=8, help="--executor ray: envs (one model) per actor"
     )
     args = parser.parse_args(argv)
 
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             args.instruction,
             executor=args.executor,
             ray_address=args.ray_address,
+            envs_per_actor=args.envs_per_actor,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

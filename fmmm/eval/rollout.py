@@ -1,4 +1,5 @@
-"""Rollouts: run a policy in the MuJoCo tasks, episode by episode, in worker processes or Ray actors.
+"""Rollouts: run a policy in the MuJoCo tasks, in worker processes (one env each) or in Ray actors
+(several envs each, stepped in lockstep by one policy copy).
 
 Every episode's initial state comes from `episode_seed(task, base_seed, index, "eval")` and a
 stochastic policy is re-seeded per episode (`policy.seed(...)` when it has one), so the results
@@ -11,7 +12,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,28 @@ def run_episode(
     Returns success at any step and at the end, the length, the first success step, the
     instruction the policy saw, and the seconds spent in `env.step` and in `policy.act`.
     """
+    return _run_to_end(episode_steps(env, policy, seed, policy_seed, instruction, on_step))
+
+
+def _run_to_end(steps: Generator[None, None, Any]) -> Any:
+    """The value a generator returns, once run to its end."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def episode_steps(
+    env: Any,
+    policy: Policy,
+    seed: int,
+    policy_seed: int,
+    instruction: str | None = None,
+    on_step: StepHook | None = None,
+) -> Generator[None, None, dict[str, Any]]:
+    """`run_episode`, one step per `next()`: the generator returns the result after the last one,
+    so a worker can step several envs in lockstep."""
     action_dim = int(np.prod(env.action_space.shape))
     observation, _ = env.reset(seed=seed)
     if hasattr(policy, "seed"):
@@ -77,6 +100,7 @@ def run_episode(
             observation = {**observation, "instruction": instruction}
         if terminated or truncated:
             break
+        yield
     return {
         "seed": seed,
         "instruction": shown_instruction,
@@ -111,33 +135,45 @@ def parallel_map(
 
 
 class _RayEvalWorker:
-    """A Ray actor holding one policy copy and its environments (see `_init_eval_worker`)."""
+    """A Ray actor holding one policy copy (one factory, one loaded model) and its environments."""
 
     def __init__(self, *initargs: Any):
         _init_eval_worker(*initargs)
 
-    def run(self, item: tuple[str, int]) -> dict[str, Any]:
-        return _eval_one(item)
+    def run(self, items: list[tuple[str, int]], num_envs: int) -> Iterator[dict[str, Any]]:
+        yield from _eval_lockstep(items, num_envs)
 
 
 def ray_map(
-    items: Iterable[tuple[str, int]], num_workers: int, initargs: tuple, address: str = ""
+    items: list[tuple[str, int]],
+    num_envs: int,
+    envs_per_actor: int,
+    initargs: tuple,
+    address: str = "",
 ) -> Iterator[dict[str, Any]]:
-    """Yield `_eval_one(item)` as episodes finish, on `num_workers` Ray actors (1 CPU each) of
-    the cluster at `address` (empty: a local cluster)."""
-    from ray.util import ActorPool
+    """Yield the rows of `items` as episodes finish, on Ray actors (1 CPU each) of the cluster at
+    `address` (empty: a local cluster): `num_envs` envs in all, `envs_per_actor` per actor.
 
+    Actor a of n runs items[a::n]; its envs are stepped in lockstep (`_eval_lockstep`).
+    """
     from fmmm.utils.ray_cluster import connect, worker_runtime_env
 
     ray = connect(address)
-    actor = ray.remote(num_cpus=1, runtime_env=worker_runtime_env())(_RayEvalWorker)
-    workers = [actor.remote(*initargs) for _ in range(num_workers)]
+    count = math.ceil(num_envs / envs_per_actor)
+    envs = math.ceil(num_envs / count)  # evenly: 10 envs at 8 per actor are 2 actors of 5
+    remote = ray.remote(num_cpus=1, runtime_env=worker_runtime_env())(_RayEvalWorker)
+    actors = [remote.remote(*initargs) for _ in range(count)]
     try:
-        pool = ActorPool(workers)
-        yield from pool.map_unordered(lambda worker, item: worker.run.remote(item), list(items))
+        pending = [actor.run.remote(items[a::count], envs) for a, actor in enumerate(actors)]
+        while pending:  # rows of all actors' streams, as they come
+            (stream,), pending = ray.wait(pending, num_returns=1)
+            row = next(stream, None)
+            if row is not None:
+                pending.append(stream)
+                yield ray.get(row)
     finally:
-        for worker in workers:
-            ray.kill(worker)
+        for actor in actors:
+            ray.kill(actor)
 
 
 def limit_worker_threads() -> None:
@@ -205,8 +241,9 @@ def _init_eval_worker(
     from fmmm.policies.factory import load_policy
 
     factory = factory or load_policy(policy_source)
-    for env, _ in _worker.get("envs", {}).values():
-        env.close()
+    for envs in _worker.get("envs", {}).values():
+        for env, _ in envs:
+            env.close()
     _worker.clear()
     _worker.update(
         factory=factory,
@@ -219,13 +256,39 @@ def _init_eval_worker(
 
 
 def _eval_one(item: tuple[str, int]) -> dict[str, Any]:
+    return _run_to_end(_eval_steps(item, 0))
+
+
+def _eval_lockstep(items: list[tuple[str, int]], num_envs: int) -> Iterator[dict[str, Any]]:
+    """Yield the rows of `items` as they finish, run on `num_envs` envs (per task) stepped in
+    lockstep; each env has its own policy from the worker's factory, so all share one model.
+    An env whose episode ends starts the next item."""
+    queue = iter(items)
+    running = {slot: _eval_steps(item, slot) for slot, item in zip(range(num_envs), queue)}
+    while running:
+        for slot, steps in list(running.items()):
+            try:
+                next(steps)
+            except StopIteration as end:
+                yield end.value
+                item = next(queue, None)
+                if item is None:
+                    del running[slot]
+                else:
+                    running[slot] = _eval_steps(item, slot)
+
+
+def _eval_steps(item: tuple[str, int], slot: int) -> Generator[None, None, dict[str, Any]]:
+    """Episode `index` of `task` (the item) on the worker's env `slot` of that task, one step per
+    `next()`; returns its results.json row (its video written when asked)."""
     import fmmm.envs
 
     task, index = item
-    if task not in _worker["envs"]:
+    envs = _worker["envs"].setdefault(task, [])
+    while len(envs) <= slot:
         env = fmmm.envs.make_env(task, render=_worker["render"])
-        _worker["envs"][task] = (env, _worker["factory"](env))
-    env, policy = _worker["envs"][task]
+        envs.append((env, _worker["factory"](env)))
+    env, policy = envs[slot]
     frames: list[np.ndarray] = []
     on_step = None
     if _worker["video_dir"] is not None:
@@ -235,7 +298,8 @@ def _eval_one(item: tuple[str, int]) -> dict[str, Any]:
 
     seed = episode_seed(task, _worker["base_seed"], index, "eval")
     policy_seed = episode_seed(task, _worker["base_seed"], index, "policy")
-    result = run_episode(env, policy, seed, policy_seed, _worker["instruction"], on_step)
+    steps = episode_steps(env, policy, seed, policy_seed, _worker["instruction"], on_step)
+    result = yield from steps
     final_observation = result.pop("final_observation")
     row = {"task": task, "episode": index, **result, "video": None}
     if _worker["video_dir"] is not None:
@@ -258,11 +322,13 @@ def evaluate(
     progress: bool = True,
     executor: str = "local",
     ray_address: str = "",
+    envs_per_actor: int = 8,
 ) -> dict[str, Any]:
     """Evaluate `policy` (name or run dir) on `tasks`; per-episode rows, per-task summaries, timings.
 
-    `executor="ray"` runs the episodes on `num_envs` Ray actors (of the cluster at
-    `ray_address`, else a local one) instead of local processes; the rows are the same.
+    `executor="ray"` runs the `num_envs` envs on Ray actors of the cluster at `ray_address` (else
+    a local one), `envs_per_actor` per actor, instead of one local process each; the rows are
+    the same.
     """
     import fmmm.envs
     from fmmm.utils.progress import progress as progress_bar
@@ -273,6 +339,8 @@ def evaluate(
         raise ValueError(f"--num-envs must be positive, got {num_envs}")
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor must be local or ray, got {executor!r}")
+    if envs_per_actor <= 0:
+        raise ValueError(f"--envs-per-actor must be positive, got {envs_per_actor}")
     known = fmmm.envs.task_names()
     for task in tasks:
         if task not in known:
@@ -294,7 +362,7 @@ def evaluate(
     workers = min(num_envs, len(items))
     initargs = (policy, base_seed, instruction, None if video_dir is None else str(video_dir))
     if executor == "ray":
-        results = ray_map(items, workers, initargs, ray_address)
+        results = ray_map(items, workers, envs_per_actor, initargs, ray_address)
     else:
         if workers == 1:
             initargs += (factory,)  # in-process: reuse the loaded policy, not load it again

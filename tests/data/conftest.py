@@ -193,35 +193,22 @@ def write_robot_dataset(root: Path, episodes: list[tuple[str, np.ndarray, np.nda
     """A small fmmm robot dataset from (instruction, states (T, S), actions (T, A)) episodes."""
     from fmmm.datasets import robot
 
-    tasks, rows, samples, offset = [], [], [], 0
-    for index, (instruction, states, actions) in enumerate(episodes):
-        length = len(actions)
-        if instruction not in tasks:
-            tasks.append(instruction)
-        frames = np.arange(length, dtype=np.int64)
-        episode = {
-            robot.IMAGE_PREFIX + "agentview": np.full((length, 8, 8, 3), index, dtype=np.uint8),
-            robot.STATE_KEY: states.astype(np.float32),
-            robot.ACTION_KEY: actions.astype(np.float32),
-            "timestamp": (frames / 10.0).astype(np.float32),
-            "frame_index": frames,
-            "episode_index": np.full(length, index, dtype=np.int64),
-            "index": frames + offset,
-            "task_index": np.full(length, tasks.index(instruction), dtype=np.int64),
-        }
-        robot.write_episode(robot.episode_path(root, index), episode)
-        samples.append(robot.stats_sample(episode))
-        rows.append({"episode_index": index, "tasks": [instruction], "length": length})
-        offset += length
-    info = {
-        "format": robot.FORMAT_VERSION,
-        "fps": 10,
-        "features": robot.feature_spec(episode),
-        "total_episodes": len(rows),
-        "total_frames": offset,
-        "total_tasks": len(tasks),
-    }
-    robot.write_metadata(root, info, rows, tasks, robot.compute_stats(samples))
+    tasks = list(dict.fromkeys(instruction for instruction, _, _ in episodes))
+
+    def arrays():
+        for index, (instruction, states, actions) in enumerate(episodes):
+            frames = np.arange(len(actions), dtype=np.int64)
+            episode = {
+                robot.IMAGE_PREFIX + "agentview": np.full((len(frames), 8, 8, 3), index, np.uint8),
+                robot.STATE_KEY: states.astype(np.float32),
+                robot.ACTION_KEY: actions.astype(np.float32),
+                "timestamp": (frames / 10.0).astype(np.float32),
+                "frame_index": frames,
+                "task_index": np.full(len(frames), tasks.index(instruction), dtype=np.int64),
+            }
+            yield episode, {"tasks": [instruction], "length": len(frames)}
+
+    robot.write_dataset(root, 10, arrays(), tasks)
     return root
 
 

@@ -53,3 +53,17 @@ def test_scripted_episode_succeeds_and_records_every_step():
     assert result["success"] and result["success_end"]
     assert result["length"] == len(steps) and steps[-1]
     assert result["first_success_step"] == steps.index(True)
+
+
+def test_lockstep_envs_give_the_rows_of_one_env_at_a_time():
+    from fmmm.eval.rollout import _eval_lockstep, _init_eval_worker
+
+    items = [("pick_place", index) for index in range(5)]
+    _init_eval_worker("random", 2, None, None)
+    lockstep = sorted(_eval_lockstep(items, 3), key=lambda row: row["episode"])
+    one_at_a_time = list(_eval_lockstep(items, 1))
+    for rows in (lockstep, one_at_a_time):
+        for row in rows:
+            row.pop("env_time"), row.pop("policy_time")
+    assert [row["episode"] for row in lockstep] == list(range(5))
+    assert lockstep == one_at_a_time
