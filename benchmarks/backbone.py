@@ -179,7 +179,7 @@ def main() -> None:
 
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     if args.device == "cpu":
-        machine = f"2-core CPU, no GPU ({platform.machine()}), {args.threads} torch threads"
+        machine = f"2-core CPU, no GPU ({platform.machine()}), torch threads: {args.threads}"
     else:
         machine = torch.cuda.get_device_name()
     lines = [
