@@ -3,6 +3,7 @@
     python -m fmmm.scaling                          # every preset beside its published count
     python -m fmmm.scaling --preset llama2-7b --flops 1e23
     python -m fmmm.scaling configs/model/small.yaml --seq-len 256 --batch-size 8 --precision bf16-mixed
+    python -m fmmm.scaling configs/model/7b.yaml --seq-len 2048 --batch-size 1 --gpus 8 --gpu-memory 80
 
 Parameter counts of fmmm configs are exact (the model is instantiated on the meta device, no
 memory); published shapes are counted by `ModelShape.parameters()`, which equals the instantiated
@@ -184,6 +185,125 @@ def training_memory(
     return out
 
 
+# Published dense bf16 tensor-core peaks (no sparsity), FLOP/s, matched against the device name.
+GPU_PEAK_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM; NVL and PCIe parts are slower
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+    ("V100", 125e12),  # fp16
+    ("T4", 65e12),  # fp16
+)
+_PROBED: dict[tuple[str, int], float] = {}
+
+
+def matmul_probe_flops(dtype: str = "fp32", size: int = 512, seconds: float = 0.25) -> float:
+    """FLOP/s of square CPU matmuls in `dtype` with this process's threads (cached per process)."""
+    import time
+
+    import torch
+
+    key = (dtype, torch.get_num_threads())
+    if key not in _PROBED:
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=generator).to(torch_dtype)
+        b = torch.randn(size, size, generator=generator).to(torch_dtype)
+        a @ b  # warm-up
+        best, deadline = math.inf, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            best = min(best, (time.perf_counter() - started) / 4)
+        _PROBED[key] = 2 * size**3 / best
+    return _PROBED[key]
+
+
+def device_peak_flops(device, precision: str = "fp32") -> float:
+    """Peak FLOP/s of one process's device for MFU: the published bf16 dense peak of a known GPU
+    (a fp32 run counts TF32 at half of it), else the CPU matmul probe in the run's precision."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
+        if peak is None:
+            raise ValueError(f"no published peak for GPU {name!r}: set train.peak_flops")
+        return peak / 2 if precision == "fp32" else peak
+    return matmul_probe_flops("bf16" if precision == "bf16" else "fp32")
+
+
+def per_gpu_memory(
+    shape: ModelShape,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "bf16-mixed",
+    gpus: int = 1,
+    parameters: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Training memory per GPU in bytes under DDP and FSDP, for a per-GPU batch of `batch_size`.
+
+    DDP replicates weights, gradients and AdamW state on every GPU. FSDP (FSDP2, one Transformer
+    block per unit) keeps 1/gpus of them, plus the units it gathers at a time: the root (embedding
+    tables, heads) and two blocks (the one running and the one prefetched) in the compute dtype,
+    and one block's unsharded gradients before their reduce-scatter. Activations are per GPU and
+    the same under both. `parameters` (the exact count, encoders included) replaces the shape's.
+    """
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    base = training_memory(shape, batch_size, seq_len, precision)
+    total_params = parameters if parameters is not None else shape.parameters()
+    weight_bytes = 2 if precision == "bf16" else 4
+    compute_bytes = 4 if precision == "fp32" else 2
+    states = {
+        "weights": total_params * weight_bytes,
+        "gradients": total_params * weight_bytes,
+        "optimizer": total_params * 2 * weight_bytes,
+    }
+    root = total_params - shape.n_layers * shape.layer_parameters()
+    gathered = (root + 2 * shape.layer_parameters()) * compute_bytes
+    gathered += shape.layer_parameters() * 4  # one block's gradients, reduced in fp32
+    plans = {}
+    for name, divide, extra in (("ddp", 1, 0), ("fsdp", gpus, gathered if gpus > 1 else 0)):
+        plan = {key: value / divide for key, value in states.items()}
+        plan["gathered"] = extra
+        plan["activations"] = base["activations"]
+        plan["activations_checkpointed"] = base["activations_checkpointed"]
+        fixed = plan["weights"] + plan["gradients"] + plan["optimizer"] + extra
+        plan["total"] = fixed + plan["activations"]
+        plan["total_checkpointed"] = fixed + plan["activations_checkpointed"]
+        plans[name] = plan
+    return plans
+
+
+def memory_plan_table(plans: dict[str, dict[str, float]], gpu_memory_gib: float | None) -> str:
+    """The per-GPU memory of `per_gpu_memory` as a table, with whether each plan fits."""
+    keys = ("weights", "gradients", "optimizer", "gathered", "activations",
+            "activations_checkpointed", "total", "total_checkpointed")  # fmt: skip
+    lines = [f"  {'GiB per GPU':<26}" + "".join(f"{name.upper():>10}" for name in plans)]
+    for key in keys:
+        lines.append(
+            f"  {key:<26}" + "".join(f"{plan[key] / 2**30:10.2f}" for plan in plans.values())
+        )
+    if gpu_memory_gib:
+        for key, label in (("total", "fits"), ("total_checkpointed", "fits checkpointed")):
+            verdicts = ("yes" if p[key] <= gpu_memory_gib * 2**30 else "no" for p in plans.values())
+            lines.append(
+                f"  {label + f' in {gpu_memory_gib:g} GiB':<26}"
+                + "".join(f"{v:>10}" for v in verdicts)
+            )
+    return "\n".join(lines)
+
+
 def chinchilla_loss(parameters: float, tokens: float) -> float:
     """Hoffmann et al. 2022 Approach 3: L(N, D) = E + A / N^alpha + B / D^beta."""
     return (
@@ -306,6 +426,8 @@ def report(
     batch_size: int = 1,
     precision: str = "bf16-mixed",
     flops: float | None = None,
+    gpus: int = 0,
+    gpu_memory_gib: float | None = None,
 ) -> str:
     """Human-readable summary: parameters, FLOPs per token, memory, compute-optimal plan."""
     seq_len = seq_len or shape.seq_len
@@ -335,6 +457,10 @@ def report(
         "total_checkpointed",
     ):
         lines.append(f"  {key:<26}{memory[key] / 2**30:10.2f} GiB")
+    if gpus:
+        plans = per_gpu_memory(shape, batch_size, seq_len, precision, gpus, exact_parameters)
+        lines.append(f"per GPU on {gpus} GPUs (batch {batch_size} x {seq_len} per GPU):")
+        lines.append(memory_plan_table(plans, gpu_memory_gib))
     budget = flops if flops is not None else 6.0 * params * TOKENS_PER_PARAMETER * params
     plan = compute_optimal(budget)
     lines.append(f"compute-optimal plan for C = {budget:.3g} FLOPs (Hoffmann et al. 2022):")
@@ -368,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
     parser.add_argument("--flops", type=float, default=None, help="FLOP budget for the planner")
+    parser.add_argument("--gpus", type=int, default=0, help="plan DDP and FSDP over this many GPUs")
+    parser.add_argument("--gpu-memory", type=float, default=None, help="GiB per GPU: say what fits")
     args = parser.parse_args(argv)
     from fmmm.config import ConfigError
 
@@ -384,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.batch_size,
                     args.precision,
                     args.flops,
+                    args.gpus,
+                    args.gpu_memory,
                 )
             )
         elif args.config:
@@ -398,7 +528,18 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"config {args.config} (MultimodalModel; backbone + vocabulary: {shape.parameters():,})"
             )
-            print(report(shape, exact, args.seq_len, args.batch_size, args.precision, args.flops))
+            print(
+                report(
+                    shape,
+                    exact,
+                    args.seq_len,
+                    args.batch_size,
+                    args.precision,
+                    args.flops,
+                    args.gpus,
+                    args.gpu_memory,
+                )
+            )
         else:
             print(preset_table())
             if args.flops is not None:

@@ -17,8 +17,10 @@ from fmmm.scaling import (
     ModelShape,
     chinchilla_loss,
     compute_optimal,
+    device_peak_flops,
     main,
     meta_parameter_count,
+    per_gpu_memory,
     shape_of,
     training_memory,
 )
@@ -160,3 +162,77 @@ def test_shipped_model_configs_load_and_count(path):
 
     config = load_config(MultimodalConfig, path)
     assert meta_parameter_count(lambda: MultimodalModel(config)) > 0
+
+
+def _measured_peak_bytes(config: MultimodalConfig, batch_size: int, seq_len: int) -> float:
+    """Peak live tensor memory of an AdamW training step, tracked per allocation (MemTracker)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    torch.manual_seed(0)
+    model = MultimodalModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, config.text_vocab_size, (batch_size, seq_len))
+
+    def step():
+        hidden, _ = model.backbone(model.embed(ids))  # plain causal: fused attention on CPU too
+        logits = model.lm_head(hidden)  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # AdamW state exists from here on, as in every later step
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer)
+    with tracker:
+        step()
+    return sum(tracker.get_tracker_snapshot("peak")[torch.device("cpu")].values()) / 2
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "checkpointed"])
+def test_memory_accounting_of_small_config_is_within_20_percent_of_measured_peak(checkpointing):
+    from fmmm.config import load_config
+
+    overrides = [f"backbone.checkpoint_activations={str(checkpointing).lower()}"]
+    config = load_config(MultimodalConfig, MODEL_CONFIGS / "small.yaml", overrides)
+    batch_size, seq_len = 8, 256
+    exact = meta_parameter_count(lambda: MultimodalModel(config))
+    shape = shape_of(config.backbone, config.vocab_size, config.tie_embeddings, seq_len)
+    plan = per_gpu_memory(shape, batch_size, seq_len, "fp32", 1, exact)["ddp"]
+    estimate = plan["total_checkpointed" if checkpointing else "total"]
+    measured = _measured_peak_bytes(config, batch_size, seq_len)
+    assert abs(estimate / measured - 1) < 0.2, (estimate / 2**20, measured / 2**20)
+
+
+def test_fsdp_plan_shards_the_states_and_only_fsdp_fits_7b_on_8_gpus():
+    from fmmm.config import load_config
+
+    config = load_config(MultimodalConfig, MODEL_CONFIGS / "7b.yaml")
+    shape = shape_of(config.backbone, config.vocab_size, config.tie_embeddings, 4096)
+    plans = per_gpu_memory(shape, 1, 4096, "bf16-mixed", gpus=8)
+    ddp, fsdp = plans["ddp"], plans["fsdp"]
+    for key in ("weights", "gradients", "optimizer"):
+        assert fsdp[key] == pytest.approx(ddp[key] / 8)
+    assert fsdp["activations"] == ddp["activations"] and 0 < fsdp["gathered"] < ddp["weights"] / 8
+    assert ddp["total_checkpointed"] > 80 * 2**30 > fsdp["total"]
+    assert per_gpu_memory(shape, 1, 4096, gpus=1)["fsdp"]["total"] == ddp["total"]
+
+
+def test_cli_plans_ddp_and_fsdp_per_gpu_and_says_what_fits(capsys):
+    assert main([str(MODEL_CONFIGS / "7b.yaml"), "--seq-len", "4096", "--gpus", "8",
+                 "--gpu-memory", "80"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "per GPU on 8 GPUs" in out and "FSDP" in out
+    fits = next(line for line in out.splitlines() if line.strip().startswith("fits in 80 GiB"))
+    assert fits.split()[-2:] == ["no", "yes"]  # DDP, FSDP
+
+
+def test_peak_flops_come_from_the_gpu_table_or_a_cached_cpu_probe(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert device_peak_flops("cuda", "bf16") == 989e12
+    assert device_peak_flops("cuda", "fp32") == 989e12 / 2
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mystery GPU")
+    with pytest.raises(ValueError, match="peak_flops"):
+        device_peak_flops("cuda")
+    probed = device_peak_flops("cpu")
+    assert 1e8 < probed < 1e14 and device_peak_flops("cpu") == probed

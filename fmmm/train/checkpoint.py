@@ -10,6 +10,12 @@ Layout of `<run_dir>/ckpt/step_000100/`:
     trainer.json             step, data position, spike-guard history, counters
     manifest.json            sha256 of every file above; written last
 
+A sharded (FSDP) run writes `state/` instead of the two `*.safetensors` weight files: a
+`torch.distributed.checkpoint` folder (`.metadata` plus one `.distcp` file per process) holding the
+model and optimizer state by parameter name, so it loads on any number of processes (DCP reshards).
+Every process writes its shard into the same temporary folder, which the main process renames once
+the manifest (listing every shard's checksum) is written; the manifest's `layout` says which kind.
+
 `resume=auto` picks the newest checkpoint whose manifest checks out and warns about corrupt ones.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -33,15 +40,10 @@ from fmmm.utils.io import atomic_dir
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
-_REQUIRED = (
-    "model.safetensors",
-    "optimizer.safetensors",
-    "optimizer.json",
-    "scheduler.json",
-    "rng.safetensors",
-    "rng.json",
-    "trainer.json",
-)
+_COMMON = ("scheduler.json", "rng.safetensors", "rng.json", "trainer.json")
+_REQUIRED = ("model.safetensors", "optimizer.safetensors", "optimizer.json", *_COMMON)
+SHARDED_STATE = "state"
+_REQUIRED_SHARDED = (f"{SHARDED_STATE}/.metadata", *_COMMON)
 
 
 def step_dir_name(step: int) -> str:
@@ -92,7 +94,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    cuda_states = [state[k] for k in sorted(state) if k.startswith("cuda")]
+    # by device number: lexical order would put "cuda10" before "cuda2"
+    cuda_keys = sorted((k for k in state if k.startswith("cuda")), key=lambda k: int(k[4:]))
+    cuda_states = [state[k] for k in cuda_keys]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
 
@@ -166,20 +170,183 @@ def save_checkpoint(
         opt_tensors, opt_meta = _optimizer_to_files(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         _write_json(tmp / "optimizer.json", opt_meta)
-        sched = {"scheduler": scheduler.state_dict() if scheduler is not None else None}
-        if scaler is not None:
-            sched["scaler"] = scaler.state_dict()
-        _write_json(tmp / "scheduler.json", sched)
-        rng_tensors, rng_meta = _split_rng_states(rng_states)
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        _write_json(tmp / "rng.json", rng_meta)
-        _write_json(tmp / "trainer.json", {**trainer_state, "step": step})
-        files = {name: sha256_file(tmp / name) for name in _REQUIRED}
-        _write_json(tmp / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
+        _write_common(tmp, step, scheduler, scaler, trainer_state, rng_states)
+        _write_manifest(tmp, step, "full", list(_REQUIRED))
+    _prune(root, keep)
+    return target
+
+
+def _write_common(
+    tmp: Path,
+    step: int,
+    scheduler: Any,
+    scaler: Any,
+    trainer_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+) -> None:
+    sched = {"scheduler": scheduler.state_dict() if scheduler is not None else None}
+    if scaler is not None:
+        sched["scaler"] = scaler.state_dict()
+    _write_json(tmp / "scheduler.json", sched)
+    rng_tensors, rng_meta = _split_rng_states(rng_states)
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    _write_json(tmp / "rng.json", rng_meta)
+    _write_json(tmp / "trainer.json", {**trainer_state, "step": step})
+
+
+def _write_manifest(tmp: Path, step: int, layout: str, names: list[str]) -> None:
+    files = {name: sha256_file(tmp / name) for name in names}
+    manifest = {"format": FORMAT_VERSION, "layout": layout, "step": step, "files": files}
+    _write_json(tmp / MANIFEST, manifest)
+
+
+def _prune(root: Path, keep: int) -> None:
     if keep > 0:
         for old in list_checkpoints(root)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def save_sharded_checkpoint(
+    root: str | Path,
+    step: int,
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    is_main: bool,
+    barrier: Any,
+    keep: int = 0,
+) -> Path:
+    """Write checkpoint `step` of a sharded module with DCP; every process calls it.
+
+    `barrier()` synchronises the processes (the accelerator's `wait_for_everyone`).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    root = Path(root)
+    target = root / step_dir_name(step)
+    tmp = root / f".{target.name}.tmp"  # one name every process knows
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    # get_state_dict would create an optimizer state before the first step (a zero-lr step that
+    # still counts); a fresh optimizer is saved as "no state" instead
+    has_optimizer_state = bool(optimizer.state)
+    state = _state_by_name(module, optimizer if has_optimizer_state else None)
+    dcp.save(state, checkpoint_id=tmp / SHARDED_STATE)
+    if is_main:
+        try:
+            trainer_state = {**trainer_state, "optimizer_state": has_optimizer_state}
+            _write_common(tmp, step, scheduler, None, trainer_state, rng_states)
+            shards = sorted(
+                str(f.relative_to(tmp)) for f in (tmp / SHARDED_STATE).rglob("*") if f.is_file()
+            )
+            _write_manifest(tmp, step, "sharded", [*shards, *_COMMON])
+            if target.exists():  # rewritten after a rollback: never leave no checkpoint behind
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _prune(root, keep)
+    barrier()
     return target
+
+
+def _state_by_name(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+) -> dict[str, Any]:
+    """Model (and optimizer) state keyed by parameter name, sharded as the module is."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(module)}
+    model_state, optimizer_state = get_state_dict(module, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether the checkpoint at `path` was written by a sharded (FSDP) run."""
+    manifest = Path(path) / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("layout") == "sharded"
+
+
+def load_sharded_checkpoint(
+    path: str | Path,
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Load a sharded checkpoint into `module` (sharded over any number of processes, or not)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    path = Path(path)
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} is not usable: {problem}")
+    trainer_state = json.loads((path / "trainer.json").read_text())
+    with_optimizer = optimizer is not None and trainer_state.get("optimizer_state", True)
+    state = _state_by_name(module, optimizer if with_optimizer else None)
+    saved = set(dcp.FileSystemReader(str(path / SHARDED_STATE)).read_metadata().state_dict_metadata)
+    missing = sorted(key for key in state["model"] if f"model.{key}" not in saved)
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:5]}")
+    # parameters that never had a gradient have no optimizer state in the checkpoint
+    planner = dcp.DefaultLoadPlanner(allow_partial_load=True)
+    dcp.load(state, checkpoint_id=path / SHARDED_STATE, planner=planner)
+    if with_optimizer:
+        set_state_dict(
+            module,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+        )
+        for name, param in module.named_parameters():
+            if f"optimizer.state.{name}.step" not in saved:
+                optimizer.state.pop(param, None)  # as it was: no state until its first gradient
+    else:
+        set_model_state_dict(module, state["model"])
+    if optimizer is not None and not with_optimizer:
+        optimizer.state.clear()  # saved before the first step: a fresh optimizer
+    sched = json.loads((path / "scheduler.json").read_text())
+    if scheduler is not None and sched["scheduler"] is not None:
+        scheduler.load_state_dict(sched["scheduler"])
+    if scaler is not None and "scaler" in sched:
+        scaler.load_state_dict(sched["scaler"])
+    rng_states = _join_rng_states(
+        load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())
+    )
+    return trainer_state, rng_states
+
+
+def load_sharded_model_state(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The whole model state of a sharded checkpoint as plain tensors, read in one process.
+
+    `prefix` keeps only the entries under it, without it (e.g. "model." for the backbone model
+    inside a recipe's training module), ready for `load_state_dict` / `save_pretrained`.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict[str, Any] = {}
+    _load_state_dict(
+        state,
+        storage_reader=FileSystemReader(str(Path(path) / SHARDED_STATE)),
+        planner=_EmptyStateDictLoadPlanner(keys={"model"}),
+        no_dist=True,
+    )
+    return {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -206,7 +373,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
         files = manifest["files"]
     except (ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest.json ({exc})"
-    for name in _REQUIRED:
+    required = _REQUIRED_SHARDED if manifest.get("layout") == "sharded" else _REQUIRED
+    for name in required:
         if name not in files:
             return f"manifest does not list {name}"
     for name, digest in files.items():

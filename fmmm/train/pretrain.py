@@ -326,6 +326,7 @@ def run(config_path: str, overrides: list[str]) -> Any:
     from fmmm.models.factory import builder_tokenizers, create_model_and_builder
     from fmmm.scaling import shape_of
     from fmmm.train.data import MixtureStream
+    from fmmm.train.parallel import sequence_buckets
     from fmmm.train.recipe import Run
     from fmmm.train.trainer import Trainer
 
@@ -340,7 +341,8 @@ def run(config_path: str, overrides: list[str]) -> Any:
         for name, tokenizer in tokenizers.items():
             tokenizer.save(tokenizer_dir / name)
     run.accelerator.wait_for_everyone()
-    decoder = SampleDecoder(builder, cfg.data.context_length)
+    buckets = sequence_buckets(cfg.train, cfg.data.context_length)  # compile: a few fixed shapes
+    decoder = SampleDecoder(builder, cfg.data.context_length, length_buckets=buckets)
     modalities = list(cfg.objectives.contrastive_modalities) if cfg.objectives.contrastive else []
     if cfg.objectives.masked:
         modalities = sorted(set(modalities) | {"image"})

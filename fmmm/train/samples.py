@@ -88,9 +88,16 @@ class SampleDecoder:
     over a corpus then cost no decoding or spectrograms, and results are identical either way.
     """
 
-    def __init__(self, builder: Any, context_length: int, cache_size: int = 50_000):
+    def __init__(
+        self,
+        builder: Any,
+        context_length: int,
+        cache_size: int = 50_000,
+        length_buckets: tuple[int, ...] = (),
+    ):
         self.builder = builder
         self.context_length = context_length
+        self.length_buckets = length_buckets  # row lengths padded up to one of these (compile)
         self.cache_size = cache_size
         self._cache: dict[tuple[str, str], list] = {}
 
@@ -156,8 +163,12 @@ class SampleDecoder:
         return self.media_alone(sample, kind) + builder.text(sample["text"], eos=True)
 
     def fit_length(self, rows: list[list]) -> int:
-        """Row length for one-sample-per-row batches: the longest row, capped by the context."""
-        return min(self.context_length, max(sum(len(s) for s in row) for row in rows))
+        """Row length for one-sample-per-row batches: the longest row, capped by the context, and
+        rounded up to a length bucket when there are some."""
+        from fmmm.train.parallel import bucket_length
+
+        longest = min(self.context_length, max(sum(len(s) for s in row) for row in rows))
+        return min(self.context_length, bucket_length(longest, self.length_buckets))
 
     def __call__(
         self, samples: list[dict], kinds: list[str], modalities: list[str]

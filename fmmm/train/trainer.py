@@ -19,10 +19,17 @@
   checkpoints, preemption), `tensorboard/` and `ckpt/step_NNNNNN/` (see `fmmm.train.checkpoint`).
 - `evaluate(module) -> dict[str, float]`, run on the main process every `eval_every` steps and at the
   end on the unwrapped module in eval mode (no collectives inside; global RNG is left untouched).
+  Under FSDP it runs on every process (the forward passes gather the weights); the main one logs.
 
-Precision, DDP (multi-process via `accelerate launch` / `torchrun`) and `torch.compile` come through
-Accelerate from the config; the module stays single-device. SIGTERM writes a checkpoint and returns
-with `status == "preempted"`; `checkpoint.resume: auto` continues from the newest valid checkpoint.
+Precision and DDP (multi-process via `accelerate launch` / `torchrun`) come through Accelerate from
+the config; `distributed: fsdp` shards the module with FSDP2 and `compile: true` compiles each
+Transformer block (both applied from outside by `fmmm.train.parallel`); the module stays
+single-device. Sharded runs write `torch.distributed.checkpoint` checkpoints and, at the end, leave
+the unsharded module on the main process (what `accelerator.unwrap_model(trainer.module)` returns
+there), so recipes save one `model.safetensors` as for a DDP run. MFU divides by the device's peak
+(`fmmm.scaling.device_peak_flops`) unless `peak_flops` is set. SIGTERM writes a checkpoint and
+returns with `status == "preempted"`; `checkpoint.resume: auto` continues from the newest valid
+checkpoint.
 """
 
 from __future__ import annotations
@@ -40,9 +47,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from fmmm.scaling import device_peak_flops
 from fmmm.train import checkpoint as ckpt
+from fmmm.train import parallel
 from fmmm.train.metrics import JsonlLog, mfu
 from fmmm.train.optim import OptimConfig, build_optimizer, build_scheduler
+from fmmm.train.parallel import DISTRIBUTED, FSDPConfig
 from fmmm.train.spike import SpikeConfig, SpikeGuard
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -85,12 +95,16 @@ class TrainerConfig:
     steps: int = 1000
     batch_size: int = 32  # global: all processes and all micro-steps of one optimizer step
     grad_accum: int = 1
-    precision: str = "fp32"  # fp32 | bf16 | fp16, applied by Accelerate
-    compile: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16, applied by Accelerate (FSDP: its mixed precision)
+    distributed: str = "ddp"  # ddp (replicated) | fsdp (FSDP2, one Transformer block per unit)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    compile: bool = False  # torch.compile per Transformer block; sequence lengths bucketed
+    compile_backend: str = "inductor"
+    compile_buckets: int = 4  # sequence-length buckets (each twice the last, up to the context)
     seed: int = 0
     eval_every: int = 0  # 0: evaluate only at the end
     eval_at_start: bool = False  # also evaluate the initial weights (fresh runs only)
-    peak_flops: float = 190e9  # per process, for the MFU estimate (2-core CPU fp32 by default)
+    peak_flops: float | None = None  # per process, for MFU; 0 / None: measured or looked up
     prefetch: bool = True  # build the next batch in a background thread
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient on some steps
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -113,8 +127,16 @@ class TrainerConfig:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.eval_every < 0:
             raise ValueError(f"train.eval_every must be >= 0, got {self.eval_every}")
-        if self.peak_flops <= 0:
-            raise ValueError(f"train.peak_flops must be > 0, got {self.peak_flops}")
+        if self.peak_flops is not None and self.peak_flops < 0:
+            raise ValueError(f"train.peak_flops must be >= 0 (0: auto), got {self.peak_flops}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(
+                f"train.distributed must be one of {DISTRIBUTED}, got {self.distributed!r}"
+            )
+        if self.distributed == "fsdp" and self.precision == "fp16":
+            raise ValueError("train.precision=fp16 is not supported with FSDP here; use bf16")
+        if self.compile_buckets < 1:
+            raise ValueError(f"train.compile_buckets must be >= 1, got {self.compile_buckets}")
 
 
 class SampleStream(Protocol):
@@ -139,14 +161,18 @@ class TrainResult:
 
 
 def make_accelerator(cfg: TrainerConfig, run_dir: str | Path) -> Any:
-    """The Accelerator a run uses: precision, compile, trackers and DDP options from `cfg`."""
+    """The Accelerator a run uses: precision, trackers and DDP options from `cfg`.
+
+    Compilation and FSDP are not Accelerate's here: the trainer applies them per block
+    (`fmmm.train.parallel`), which Accelerate's multi-CPU (gloo) mode would not.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     return Accelerator(
         cpu=not torch.cuda.is_available(),  # multi-process on CPU: gloo (accelerate's MULTI_CPU)
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
-        dynamo_backend="inductor" if cfg.compile else "no",
+        dynamo_backend="no",
         log_with="tensorboard" if cfg.logging.tensorboard else None,
         project_dir=str(run_dir),
         kwargs_handlers=[
@@ -233,9 +259,24 @@ class Trainer:
         self.count_tokens = count_tokens
         self.evaluate_fn = evaluate
         self.flops_per_token = flops_per_token
-        optimizer = optimizer or build_optimizer(module, cfg.optim)
+        if optimizer is not None and cfg.distributed == "fsdp":
+            raise ValueError("with train.distributed=fsdp the trainer builds the optimizer itself")
+        self.skeleton = parallel.parallelize(
+            module,
+            cfg.distributed,
+            cfg.fsdp,
+            cfg.precision,
+            cfg.compile_backend if cfg.compile else None,
+        )
+        self.sharded = self.skeleton is not None
+        self.replicated = parallel.replicated_parameters(module) if self.sharded else []
+        optimizer = optimizer or build_optimizer(module, cfg.optim)  # over the sharded parameters
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-        self.module, self.optimizer = acc.prepare(module, optimizer)
+        if self.sharded:
+            self.module, self.optimizer = module, acc.prepare(optimizer)
+        else:
+            self.module, self.optimizer = acc.prepare(module, optimizer)
+        self.peak_flops = cfg.peak_flops or device_peak_flops(acc.device, cfg.precision)
         self.guard = SpikeGuard(cfg.spike)
         self.step = 0
         self.data_offset = 0  # data step = step + data_offset (rollbacks skip data windows)
@@ -265,7 +306,21 @@ class Trainer:
         acc = self.accelerator
         rng_states = gather_object([ckpt.capture_rng_state()])
         path = self.ckpt_dir / ckpt.step_dir_name(self.step)
-        if acc.is_main_process:
+        if self.sharded:
+            ckpt.save_sharded_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                module=self.module,
+                optimizer=self.optimizer.optimizer,
+                scheduler=self.scheduler,
+                trainer_state=self._trainer_state(),
+                rng_states=rng_states,
+                is_main=acc.is_main_process,
+                barrier=acc.wait_for_everyone,
+                keep=self.cfg.checkpoint.keep,
+            )
+            self._event("checkpoint", path=str(path))
+        elif acc.is_main_process:
             ckpt.save_checkpoint(
                 self.ckpt_dir,
                 self.step,
@@ -284,7 +339,8 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore module, optimizer, scheduler, RNG, data position and counters from `path`."""
         acc = self.accelerator
-        state, rng_states = ckpt.load_checkpoint(
+        load = ckpt.load_sharded_checkpoint if ckpt.is_sharded(path) else ckpt.load_checkpoint
+        state, rng_states = load(
             path,
             module=acc.unwrap_model(self.module),
             optimizer=self.optimizer.optimizer,
@@ -376,7 +432,13 @@ class Trainer:
             batch = prefetcher.get(start, self.micro_batch, following)
             tokens += self.count_tokens(batch) if self.count_tokens else self.micro_batch
             batch = send_to_device(batch, acc.device)
-            sync = acc.no_sync(self.module) if micro < accum - 1 else contextlib.nullcontext()
+            sync = contextlib.nullcontext()
+            if micro < accum - 1:
+                sync = (
+                    parallel.no_gradient_sync(self.module)
+                    if self.sharded
+                    else acc.no_sync(self.module)
+                )
             with sync:
                 with acc.autocast():
                     out = _as_output_dict(self.module(batch))
@@ -427,6 +489,9 @@ class Trainer:
     def _grad_norm(self) -> float:
         params = [p for p in self.module.parameters() if p.requires_grad]
         clip = self.cfg.optim.grad_clip or math.inf
+        if self.sharded:
+            parallel.sync_replicated(self.replicated)
+            return parallel.clip_grad_norm_(params, clip)
         return float(self.accelerator.clip_grad_norm_(params, clip))
 
     def _rollback(self) -> None:
@@ -485,20 +550,24 @@ class Trainer:
 
     # ----------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
-        """Run `evaluate` on the main process; log and return its metrics."""
-        if self.evaluate_fn is None or not self.accelerator.is_main_process:
+        """Run `evaluate` on the main process (on every process when sharded: its forward passes
+        gather the weights); log and return its metrics."""
+        main = self.accelerator.is_main_process
+        if self.evaluate_fn is None or not (main or self.sharded):
             self.accelerator.wait_for_everyone()
             return {}
         model = self.accelerator.unwrap_model(self.module)
         was_training = model.training
         model.eval()
-        with _rng_untouched(), torch.no_grad():
+        gathered = parallel.gathered_root(model) if self.sharded else contextlib.nullcontext()
+        with _rng_untouched(), torch.no_grad(), gathered:
             metrics = {f"eval/{k}": float(v) for k, v in self.evaluate_fn(model).items()}
         model.train(was_training)
-        self._event("eval", **metrics)
-        self.accelerator.log(metrics, step=self.step)
+        if main:
+            self._event("eval", **metrics)
+            self.accelerator.log(metrics, step=self.step)
         self.accelerator.wait_for_everyone()
-        return metrics
+        return metrics if main else {}
 
     # ----------------------------------------------------------------- the loop
     def train(self) -> TrainResult:
@@ -539,6 +608,8 @@ class Trainer:
             self.save_checkpoint()
             if status == "completed":
                 eval_metrics = self.evaluate()
+            if self.sharded:
+                self._consolidate()
         finally:
             bar.close()
             prefetcher.close()
@@ -572,10 +643,16 @@ class Trainer:
             if self.cfg.eval_at_start:
                 self.evaluate()
 
+    def _consolidate(self) -> None:
+        """Replace the sharded module on the main process by an unsharded one with full weights."""
+        plain = parallel.consolidate(self.module, self.skeleton)
+        if plain is not None:
+            self.module = plain.to(self.accelerator.device)
+
     def _mfu(self, tokens_per_second: float) -> float | None:
         if not self.flops_per_token:
             return None
-        peak = self.cfg.peak_flops * self.accelerator.num_processes
+        peak = self.peak_flops * self.accelerator.num_processes
         return mfu(tokens_per_second, self.flops_per_token, peak)
 
     def _log_step(self, row: dict[str, Any], tokens_per_second: float, bar: Any) -> None:

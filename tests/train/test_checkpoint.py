@@ -107,3 +107,15 @@ def test_truncated_or_unlisted_checkpoint_is_reported_and_skipped(tmp_path):
         assert latest_valid_checkpoint(tmp_path) is None
     with pytest.raises(ValueError, match="not usable: no manifest"):
         load_checkpoint(tmp_path / "step_000001", module=net)
+
+
+def test_cuda_rng_states_are_restored_in_device_order_past_ten_devices(monkeypatch):
+    state = capture_rng_state()
+    for device in range(12):
+        state[f"cuda{device}"] = torch.full((4,), device, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 12)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    restore_rng_state(state)
+    assert [int(s[0]) for s in restored] == list(range(12))  # not cuda0, cuda1, cuda10, cuda11, ...
