@@ -24,7 +24,8 @@ T = TypeVar("T")
 INIT_MODES = ("scratch", "pretrained", "pretrained_shape")
 # Config keys that may change when a run resumes from its checkpoints (prefixes end with ".").
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.prefetch", "train.checkpoint.every",
-                  "train.checkpoint.keep", "train.logging.", "data.workers", "eval.")  # fmt: skip
+                  "train.checkpoint.keep", "train.logging.", "train.compile", "train.compile_backend",
+                  "data.workers", "eval.")  # fmt: skip
 
 
 @dataclass
