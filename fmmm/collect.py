@@ -154,6 +154,7 @@ def _finish(out: Path, staging: Path, selected: list[dict[str, Any]], run: dict[
         run["fps"],
         episodes(),
         tasks,
+        names=run["names"],
         fmmm_version=fmmm.__version__,
         mujoco_version=run["fingerprint"]["mujoco_version"],
         scene_sha256=run["fingerprint"]["scene_sha256"],
@@ -169,6 +170,7 @@ def _staged_run(out: Path, wanted: dict[str, Any]) -> dict[str, Any]:
 
     env = fmmm.envs.make_env(wanted["task"])
     run = {**wanted, "fps": env.metadata["render_fps"], "fingerprint": env_fingerprint(env)}
+    run["names"] = getattr(env.unwrapped, "feature_names", {})  # an env may name no dimensions
     run = json.loads(json.dumps(run))  # compared with the staged copy read back from JSON
     env.close()
     run_file = out / ".staging" / "run.json"
@@ -216,14 +218,18 @@ def collect(
     """Record `episodes` scripted demonstrations of `task` into dataset folder `out`; returns info.
 
     `noise` > 0 executes the expert's actions with Gaussian noise of that standard deviation and
-    records the expert's clean actions (DART, see `NoisyExpert`).
+    records the expert's clean actions (DART, see `NoisyExpert`). A suite (`metaworld:mt10`,
+    `all`) or a comma-separated list records `episodes` of each task (`collect_suite`).
     """
     import fmmm.envs
     from fmmm.eval.rollout import parallel_map
     from fmmm.utils.progress import progress as progress_bar
 
-    if task not in fmmm.envs.task_names():
-        raise ValueError(f"unknown task {task!r}; known: {', '.join(fmmm.envs.task_names())}")
+    tasks = fmmm.envs.expand_tasks(task)
+    if tasks != [task]:
+        return collect_suite(
+            task, episodes, out, seed, workers, keep_failures, max_attempts, progress, noise
+        )
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
     if workers <= 0:
@@ -268,12 +274,101 @@ def collect(
     return info
 
 
+def collect_suite(
+    suite: str,
+    episodes: int,
+    out: str | Path,
+    seed: int = 0,
+    workers: int = 1,
+    keep_failures: bool = False,
+    max_attempts: int | None = None,
+    progress: bool = True,
+    noise: float = 0.0,
+) -> dict[str, Any]:
+    """Record `episodes` demonstrations of each task of `suite` into one dataset folder `out`.
+
+    Each task is collected on its own (resumable, as `collect`) into out/.tasks/<task>; then their
+    episodes are numbered task after task into `out`, each under its own instruction.
+    """
+    import hashlib
+
+    import fmmm
+    import fmmm.envs
+
+    tasks = fmmm.envs.expand_tasks(suite)
+    out = Path(out)
+    wanted = {"task": suite, "seed": seed, "keep_failures": keep_failures, "policy": "scripted"}
+    if noise:
+        wanted["noise"] = noise
+    if (out / "meta" / "info.json").exists():
+        info = robot.RobotDataset(out).info
+        done_run = {k: v for k, v in info.get("collection", {}).items() if k in wanted}
+        if done_run == wanted and info["total_episodes"] == episodes * len(tasks):
+            return info
+        raise ValueError(
+            f"{out} already holds a finished dataset with other settings; pick another --out"
+        )
+    parts = []
+    for task in tasks:
+        part = out / ".tasks" / task.replace(":", "_")
+        collect(task, episodes, part, seed, workers, keep_failures, max_attempts, progress, noise)
+        parts.append(robot.RobotDataset(part))
+    first = parts[0].info
+    for task, part in zip(tasks, parts):
+        if part.fps != first["fps"] or part.features != first["features"]:
+            raise ValueError(
+                f"{task} records other frame rates or features than {tasks[0]}; "
+                "one dataset holds tasks of one kind of env"
+            )
+    instructions = list(dict.fromkeys(text for part in parts for text in part.tasks))
+
+    def episodes_of_all() -> Iterator[tuple[robot.Episode, dict[str, Any]]]:
+        for task, part in zip(tasks, parts):
+            for index in range(part.num_episodes):
+                episode = dict(part.episode(index))
+                text_index = instructions.index(part.instruction(index))
+                episode["task_index"] = np.full_like(episode["task_index"], text_index)
+                row = {k: v for k, v in part.episodes[index].items() if k != "episode_index"}
+                yield episode, {**row, "env_task": task}
+
+    names = {k: spec["names"] for k, spec in first["features"].items() if "names" in spec}
+    scenes = "".join(part.info["scene_sha256"] for part in parts)
+    attempts = {task: part.info["collection"]["attempts"] for task, part in zip(tasks, parts)}
+    info = robot.write_dataset(
+        out,
+        first["fps"],
+        episodes_of_all(),
+        instructions,
+        names=names,
+        fmmm_version=fmmm.__version__,
+        mujoco_version=first["mujoco_version"],
+        scene_sha256=hashlib.sha256(scenes.encode()).hexdigest(),  # of the tasks' scene hashes
+        env={task: part.info["env"] for task, part in zip(tasks, parts)},
+        collection=wanted
+        | {
+            "tasks": tasks,
+            "episodes_per_task": episodes,
+            "seed_split": "train",
+            "attempts": sum(attempts.values()),
+            "attempts_per_task": attempts,
+        },
+    )
+    shutil.rmtree(out / ".tasks")
+    return info
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fmmm.collect", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--task", required=True, help="task name (see fmmm.envs.task_names())")
-    parser.add_argument("--episodes", type=int, required=True, help="episodes in the dataset")
+    parser.add_argument(
+        "--task",
+        required=True,
+        help="task name, suite (all, metaworld:mt10) or comma list (see fmmm.envs.expand_tasks)",
+    )
+    parser.add_argument(
+        "--episodes", type=int, required=True, help="episodes in the dataset (of each task)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="dataset folder")
     parser.add_argument("--seed", type=int, default=0, help="base seed (training seed stream)")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")

@@ -7,14 +7,24 @@ import json
 import sys
 from pathlib import Path
 
+from fmmm.datasets.lerobot import CODEBASE_VERSION, VERSIONS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fmmm.datasets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export-lerobot", help="fmmm dataset -> LeRobot v2.1 folder")
+    export = commands.add_parser("export-lerobot", help="fmmm dataset -> LeRobot v3.0 folder")
     export.add_argument("source", type=Path)
     export.add_argument("destination", type=Path)
-    imported = commands.add_parser("import-lerobot", help="LeRobot v2.x folder -> fmmm dataset")
+    export.add_argument(
+        "--version",
+        choices=VERSIONS,
+        default=CODEBASE_VERSION,
+        help="LeRobot dataset format: v3.0 for lerobot >= 0.4 (default), v2.1 for older",
+    )
+    imported = commands.add_parser(
+        "import-lerobot", help="LeRobot v2.x or v3.x folder -> fmmm dataset"
+    )
     imported.add_argument("source", type=Path)
     imported.add_argument("destination", type=Path)
     info = commands.add_parser("info", help="print a dataset's meta/info.json summary")
@@ -26,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "export-lerobot":
-            print(export_lerobot(args.source, args.destination))
+            print(export_lerobot(args.source, args.destination, version=args.version))
         elif args.command == "import-lerobot":
             print(import_lerobot(args.source, args.destination))
         else:

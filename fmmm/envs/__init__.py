@@ -10,10 +10,12 @@ import ctypes
 import os
 from typing import TYPE_CHECKING, Any
 
+from fmmm.envs import metaworld
 from fmmm.envs.spec import load_task, task_names
 
 if TYPE_CHECKING:
     from fmmm.envs.env import TabletopEnv
+    from fmmm.envs.metaworld import MetaWorldEnv
 
 
 def _default_gl_backend() -> str:
@@ -37,11 +39,32 @@ def gym_id(task: str) -> str:
     return "fmmm/" + "".join(part.capitalize() for part in task.split("_")) + "-v0"
 
 
-def make_env(task: str, **kwargs: Any) -> TabletopEnv:
-    """Build the env of task spec `task` (`render`, `image_size`, ... as `TabletopEnv` takes)."""
+def make_env(task: str, **kwargs: Any) -> TabletopEnv | MetaWorldEnv:
+    """Build the env of task spec `task` (`render`, `image_size`, ... as `TabletopEnv` takes);
+    `metaworld:<env>` names build a `fmmm.envs.metaworld.MetaWorldEnv`."""
+    if task.startswith(metaworld.PREFIX):
+        return metaworld.MetaWorldEnv(task, **kwargs)
     from fmmm.envs.env import TabletopEnv
 
     return TabletopEnv(task, **kwargs)
+
+
+def expand_tasks(spec: str) -> list[str]:
+    """Task names of a `--task` value: `all` (the fmmm suite), a suite such as `metaworld:mt10`,
+    one task, or a comma-separated list of these; an unknown name raises ValueError."""
+    known = task_names() + metaworld.task_names()
+    tasks: list[str] = []
+    for name in (part.strip() for part in spec.split(",")):
+        if name == "all":
+            tasks += task_names()
+        elif (suite := metaworld.suite_tasks(name)) is not None:
+            tasks += suite
+        elif name in known:
+            tasks.append(name)
+        else:
+            suites = ", ".join(metaworld.PREFIX + suite for suite in metaworld.SUITES)
+            raise ValueError(f"unknown task {name!r}; known: all, {suites}, {', '.join(known)}")
+    return list(dict.fromkeys(tasks))
 
 
 def register_envs() -> list[str]:
@@ -64,4 +87,4 @@ def register_envs() -> list[str]:
 
 register_envs()
 
-__all__ = ["gym_id", "load_task", "make_env", "register_envs", "task_names"]
+__all__ = ["expand_tasks", "gym_id", "load_task", "make_env", "register_envs", "task_names"]

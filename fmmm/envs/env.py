@@ -9,7 +9,6 @@ Cameras render once per control step.
 from __future__ import annotations
 
 import math
-import os
 import string
 from typing import Any
 
@@ -17,6 +16,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from fmmm.envs.rendering import make_renderer
 from fmmm.envs.scene import scene_hash, scene_xml
 from fmmm.envs.spec import TaskSpec, load_task
 from fmmm.envs.tasks import build_task
@@ -26,6 +26,19 @@ FINGER_OPEN = 0.04  # per finger, metres
 STATE_DIM = 14  # 6 joints, gripper opening, end-effector position (3) and quaternion (4)
 # Generous bounds of the state: joint angles (rad), opening (m), position (m), quaternion.
 STATE_BOUND = np.array([2 * np.pi] * 6 + [1.0] + [2.0] * 3 + [1.0] * 4, dtype=np.float32)
+# Per-dimension names of the state and action vectors, recorded as the datasets' feature `names`.
+STATE_NAMES = (
+    *ARM_JOINTS,
+    "gripper_opening",
+    "ee_x",
+    "ee_y",
+    "ee_z",
+    "ee_qw",
+    "ee_qx",
+    "ee_qy",
+    "ee_qz",
+)
+ACTION_NAMES = ("ee_dx", "ee_dy", "ee_dz", "ee_drx", "ee_dry", "ee_drz", "gripper_close")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-_"
 # The gripper points down and rotates about the vertical: hand x axis along world -x at yaw 0.
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
@@ -66,6 +79,7 @@ class TabletopEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    feature_names = {"observation.state": list(STATE_NAMES), "action": list(ACTION_NAMES)}
 
     def __init__(
         self,
@@ -250,13 +264,7 @@ class TabletopEnv(gym.Env):
 
     def _camera(self, name: str) -> np.ndarray:
         if self._renderer is None:
-            try:
-                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
-            except Exception as exc:  # mujoco raises FatalError or RuntimeError by backend
-                raise RuntimeError(
-                    f"cannot create an OpenGL context (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): {exc}; "
-                    "set MUJOCO_GL=egl or osmesa before mujoco is first imported, or use render=False"
-                ) from None
+            self._renderer = make_renderer(self.model, self.image_size, self.image_size)
         mujoco.mj_camlight(self.model, self.data)
         self._renderer.update_scene(self.data, camera=name)
         return self._renderer.render()

@@ -10,10 +10,14 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fmmm.eval", description=__doc__)
     parser.add_argument("--policy", required=True, help="scripted, random, or a run directory")
-    parser.add_argument("--task", default="all", help="task name or 'all'")
+    parser.add_argument(
+        "--task", default="all", help="task name, 'all', a suite (metaworld:mt10) or a comma list"
+    )
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the evaluation episodes")
-    parser.add_argument("--out", type=Path, default=None, help="folder for results.json and videos")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for results.json, eval_info.json, videos"
+    )
     parser.add_argument("--video", action="store_true", help="write one mp4 per episode to --out")
     parser.add_argument("--num-envs", type=int, default=1, help="parallel environments (processes)")
     parser.add_argument("--instruction", default=None, help="override the task instruction")
@@ -31,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from fmmm.eval.lerobot_format import eval_info
     from fmmm.eval.rollout import evaluate, format_table
     from fmmm.utils.io import atomic_write_json
 
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--video needs --out")
         if args.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {args.seed}")
-        tasks = fmmm.envs.task_names() if args.task == "all" else [args.task]
+        tasks = fmmm.envs.expand_tasks(args.task)
         video_dir = args.out / "videos" if args.video else None
         results = evaluate(
             args.policy,
@@ -61,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     if args.out is not None:
         atomic_write_json(args.out / "results.json", results)
-        print(f"wrote {args.out / 'results.json'}")
+        # the same evaluation in LeRobot's layout, for scripts written against lerobot-eval
+        atomic_write_json(args.out / "eval_info.json", eval_info(results, video_dir))
+        print(f"wrote {args.out / 'results.json'} and eval_info.json")
     return 0
 
 

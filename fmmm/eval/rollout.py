@@ -46,8 +46,9 @@ def run_episode(
 ) -> dict[str, Any]:
     """Run one episode to termination or truncation; `on_step(obs, action, info)` sees every step.
 
-    Returns success at any step and at the end, the length, the first success step, the
-    instruction the policy saw, and the seconds spent in `env.step` and in `policy.act`.
+    Returns success at any step and at the end, the length, the first success step, the sum and
+    maximum of the rewards, the instruction the policy saw, and the seconds spent in `env.step`
+    and in `policy.act`.
     """
     return _run_to_end(episode_steps(env, policy, seed, policy_seed, instruction, on_step))
 
@@ -82,13 +83,16 @@ def episode_steps(
     env_time = policy_time = 0.0
     length, first_success = 0, None
     success = False
+    sum_reward, max_reward = 0.0, -math.inf
     while True:
         start = time.perf_counter()
         action = check_action(policy.act(observation), action_dim)
         policy_time += time.perf_counter() - start
         start = time.perf_counter()
-        next_observation, _, terminated, truncated, info = env.step(action)
+        next_observation, reward, terminated, truncated, info = env.step(action)
         env_time += time.perf_counter() - start
+        sum_reward += float(reward)
+        max_reward = max(max_reward, float(reward))
         success = bool(info.get("is_success", False))
         if on_step is not None:
             on_step(observation, action, info)
@@ -109,6 +113,8 @@ def episode_steps(
         "success_end": success,
         "length": length,
         "first_success_step": first_success,
+        "sum_reward": sum_reward,
+        "max_reward": max_reward,
         "env_time": env_time,
         "policy_time": policy_time,
         "final_observation": observation,
@@ -341,10 +347,9 @@ def evaluate(
         raise ValueError(f"--executor must be local or ray, got {executor!r}")
     if envs_per_actor <= 0:
         raise ValueError(f"--envs-per-actor must be positive, got {envs_per_actor}")
-    known = fmmm.envs.task_names()
     for task in tasks:
-        if task not in known:
-            raise ValueError(f"unknown task {task!r}; known: {', '.join(known)}")
+        if fmmm.envs.expand_tasks(task) != [task]:  # raises on an unknown name
+            raise ValueError(f"{task!r} names several tasks; pass them one by one")
     from fmmm.policies.factory import load_policy
 
     factory = load_policy(policy)  # fail fast in this process on a bad name or run dir

@@ -98,8 +98,11 @@ def load_tokenizers(directory: str | os.PathLike) -> dict[str, Any]:
 def load_model_and_builder(
     directory: str | os.PathLike, device: str = "cpu"
 ) -> tuple[MultimodalModel, SequenceBuilder]:
-    """A model saved by `save_pretrained` with the tokenizers saved beside it."""
-    directory = Path(directory)
+    """A model saved by `save_pretrained` with the tokenizers saved beside it; `directory` may be
+    a hub id in the local Hugging Face cache (`fmmm.models.hub.resolve_model_dir`)."""
+    from fmmm.models.hub import resolve_model_dir
+
+    directory = resolve_model_dir(directory)
     model = MultimodalModel.from_pretrained(directory, device=device)
     tokenizers = load_tokenizers(directory)
     if "text" not in tokenizers:

@@ -11,7 +11,9 @@ Incremental decoding (for VLA policies):
     out = model.prefill(prefix_batch, cache)                     # logits for the prefix
     out = model.decode(next_ids, next_positions, cache)          # (B, T) ids, (B, T, 3) positions
 
-Saved as `config.json` + `model.safetensors` by `save_pretrained(dir)`; `from_pretrained(dir)` loads.
+Saved as `config.json` (with `model_type`) + `model.safetensors` + a model card `README.md` by
+`save_pretrained(dir, card=...)`; `from_pretrained(dir_or_hub_id, torch_dtype=...)` loads, a hub
+id from the local Hugging Face cache; `push_to_hub(repo_id)` uploads (see `fmmm.models.hub`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from fmmm.tokenizers.sequence import Modality
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# config.json's model_type (folders saved before it say "model": "MultimodalModel" instead)
+MODEL_TYPE = "fmmm_multimodal"
+# config.json keys that describe the file rather than the MultimodalConfig
+FILE_KEYS = ("model_type", "architectures", "torch_dtype", "fmmm_version", "model")
 TOKENIZERS_DIR = "tokenizers"
 POOLED = ("text", "image", "video", "audio", "state")
 
@@ -283,15 +289,23 @@ class MultimodalModel(nn.Module):
         return self._outputs(hidden, moe_aux, None)
 
     def save_pretrained(
-        self, directory: str | os.PathLike, tokenizers: dict[str, Any] | None = None
+        self,
+        directory: str | os.PathLike,
+        tokenizers: dict[str, Any] | None = None,
+        card: dict[str, Any] | None = None,
     ) -> None:
-        """Write config.json and model.safetensors into `directory` (other files there are kept).
+        """Write config.json, model.safetensors and the model card README.md into `directory`
+        (other files there are kept).
 
         `tokenizers` ({"text": ..., "image": ..., ...}) are saved beside the weights in
-        `directory/tokenizers/<name>/`, where `fmmm.encoders.load` finds them.
+        `directory/tokenizers/<name>/`, where `fmmm.encoders.load` finds them. `card` adds to the
+        model card: "training_data", "evaluation", "commands", "title", "description" (JSON data;
+        see `fmmm.models.hub.model_card_text`).
         """
         from safetensors.torch import save
 
+        import fmmm
+        from fmmm.models.hub import write_model_card
         from fmmm.utils.io import atomic_write_bytes, atomic_write_json
 
         directory = Path(directory)
@@ -301,24 +315,45 @@ class MultimodalModel(nn.Module):
         if self.config.tie_embeddings:
             state.pop("lm_head.weight")
         atomic_write_bytes(directory / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
-        atomic_write_json(
-            directory / CONFIG_FILE, {"model": "MultimodalModel", **self.config.to_dict()}
-        )
+        dtype = str(self.lm_head.weight.dtype).removeprefix("torch.")
+        config = {
+            "model_type": MODEL_TYPE,
+            "architectures": [type(self).__name__],
+            "torch_dtype": dtype,
+            "fmmm_version": fmmm.__version__,
+            **self.config.to_dict(),
+        }
+        atomic_write_json(directory / CONFIG_FILE, config)
+        write_model_card(directory, config, card)
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype | str | None = None,
     ) -> MultimodalModel:
-        """Load a model written by `save_pretrained` (pretrained tower weights are not re-fetched)."""
+        """Load a model written by `save_pretrained` (pretrained tower weights are not re-fetched).
+
+        Args:
+            name_or_path: a saved folder, or a hub id (`org/name[@revision]`) in the local
+                Hugging Face cache (never downloaded).
+            torch_dtype: parameter dtype (`torch.bfloat16`, "float16", ...); "auto" keeps the
+                saved one; None gives float32.
+        """
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        from fmmm.models.hub import resolve_model_dir
+
+        directory = resolve_model_dir(name_or_path)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise ValueError(f"{directory} has no {name}; not a saved MultimodalModel")
         raw = json.loads((directory / CONFIG_FILE).read_text())
-        if raw.pop("model", None) != "MultimodalModel":
+        if raw.get("model_type") != MODEL_TYPE and raw.get("model") != "MultimodalModel":
             raise ValueError(f"{directory / CONFIG_FILE} does not describe a MultimodalModel")
+        dtype = _dtype(raw.get("torch_dtype", "float32") if torch_dtype == "auto" else torch_dtype)
+        raw = {k: v for k, v in raw.items() if k not in FILE_KEYS}
         raw["vision_tower_weights"] = ""
         raw.setdefault("image_pos_embed", False)
         model = cls(MultimodalConfig(**raw))
@@ -326,4 +361,35 @@ class MultimodalModel(nn.Module):
         if model.config.tie_embeddings:
             state["lm_head.weight"] = state["embed.weight"]
         model.load_state_dict(state)
-        return model.to(device)
+        return model.to(device=device, dtype=dtype)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        tokenizers: dict[str, Any] | None = None,
+        card: dict[str, Any] | None = None,
+        private: bool | None = None,
+    ) -> str:
+        """Save (as `save_pretrained`) and upload to the Hub repository `repo_id`; returns its url.
+
+        Only on this explicit call; offline or on a network failure, RuntimeError in one line.
+        """
+        import tempfile
+
+        from fmmm.models.hub import push_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, tokenizers=tokenizers, card=card)
+            return push_folder(tmp, repo_id, private=private)
+
+
+def _dtype(value: torch.dtype | str | None) -> torch.dtype:
+    """A torch dtype from a dtype or its name ("bfloat16", "torch.float16"); None is float32."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"torch_dtype must be a floating dtype or 'auto', got {value!r}")
+    return dtype

@@ -13,7 +13,8 @@ class Policy(Protocol):
 
     `reset()` is called at the start of every episode (clears action-chunk queues, KV caches).
     `act(obs)` takes one environment observation dict (see docs/architecture.md) and returns a
-    float32 action of shape (7,) in [-1, 1]. Batched evaluation calls `act` once per env.
+    float32 action of the env's action shape in [-1, 1] ((7,) on fmmm's tasks, (4,) on
+    Meta-World's). Batched evaluation calls `act` once per env.
     """
 
     def reset(self) -> None: ...

@@ -1,7 +1,8 @@
 """Vision-language-action policy (RT-2 / OpenVLA recipe) on the pretrained `MultimodalModel`.
 
 Camera images, the proprioceptive state and the instruction form a bidirectional prefix; the
-policy then emits `chunk * 7` action tokens (bins in the shared vocabulary at `action_offset`)
+policy then emits `chunk * D` action tokens (D = the action width its action tokenizer was
+fitted on: 7 on fmmm's tasks, 4 on Meta-World; bins in the shared vocabulary at `action_offset`)
 greedily, one at a time with the KV cache, and de-tokenizes them with the action statistics saved
 beside the weights. `act()` serves actions from a queue refilled every `execute` steps.
 
@@ -37,7 +38,6 @@ from fmmm.tokenizers.sequence import (
 )
 from fmmm.utils.io import atomic_write_bytes, atomic_write_json
 
-ACTION_DIM = 7
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 POLICY_FILE = "policy.json"
@@ -144,14 +144,15 @@ class VLA(nn.Module):
         patch_normalizer: PatchNormalizer | None = None,
     ):
         super().__init__()
-        if builder.action_tokenizer is None or builder.action_tokenizer.dims != ACTION_DIM:
-            raise ValueError(f"the VLA needs an action tokenizer fitted on {ACTION_DIM}-D actions")
+        if builder.action_tokenizer is None or builder.action_tokenizer.dims is None:
+            raise ValueError("the VLA needs a fitted action tokenizer")
         if config.use_state and builder.state_normalizer is None:
             raise ValueError("use_state needs a fitted state normalizer")
         self.model = model  # a MultimodalModel, or a peft wrapper around one
         self.builder = builder
         self.config = config
         self.num_bins = builder.action_tokenizer.num_bins
+        self.action_dim = builder.action_tokenizer.dims
         self.action_offset = builder.action_offset
         self.patch_normalizer = patch_normalizer or PatchNormalizer()
 
@@ -182,7 +183,7 @@ class VLA(nn.Module):
     def training_batch(
         self, prefixes: list[list[Segment]], action_ids: torch.Tensor, action_mask: torch.Tensor
     ) -> MultimodalBatch:
-        """Batch of prefixes followed by action bins (B, chunk*7); masked bins carry no loss."""
+        """Batch of prefixes followed by action bins (B, chunk*D); masked bins carry no loss."""
         samples = []
         for prefix, ids in zip(prefixes, action_ids):
             samples.append(
@@ -190,7 +191,7 @@ class VLA(nn.Module):
             )
         length = max(sum(len(s) for s in sample) for sample in samples)
         batch = self.builder.build(samples, length, pack=False)
-        # The marker and action positions are the last chunk*7+1 of each row's sample.
+        # The marker and action positions are the last chunk*D+1 of each row's sample.
         ends = (batch.sample_ids > 0).sum(dim=1)  # (B,)
         width = action_ids.shape[1]
         rows = torch.arange(len(samples))[:, None]
@@ -230,10 +231,10 @@ class VLA(nn.Module):
     def predict_chunk(
         self, observation: dict[str, Any], use_cache: bool | None = None
     ) -> np.ndarray:
-        """Greedy decoding of the next `chunk` actions: float32 (chunk, 7) in [-1, 1]."""
+        """Greedy decoding of the next `chunk` actions: float32 (chunk, D) in [-1, 1]."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
         prefix = self.prefix_segments(observation)
-        total = self.config.chunk * ACTION_DIM
+        total = self.config.chunk * self.action_dim
         batch = self.builder.build([prefix], sum(len(s) for s in prefix), pack=False)
         prefix_len = batch.input_ids.shape[1]
         generated: list[int] = []
@@ -255,7 +256,7 @@ class VLA(nn.Module):
                 sample = prefix + ([Segment(Modality.ACTION, ids=ids)] if generated else [])
                 full = self.builder.build([sample], prefix_len + len(generated), pack=False)
                 generated.append(self._greedy(self.model(full)["logits"][:, -1]))
-        bins = torch.tensor(generated).view(self.config.chunk, ACTION_DIM)
+        bins = torch.tensor(generated).view(self.config.chunk, self.action_dim)
         actions = self.builder.action_tokenizer.decode(bins).clamp(-1.0, 1.0)
         return actions.numpy().astype(np.float32)
 

@@ -21,7 +21,7 @@ from fmmm.config import load_config
 from fmmm.models.backbone import TransformerConfig
 from fmmm.models.multimodal import MultimodalConfig
 from fmmm.policies.lora import LoRAConfig
-from fmmm.policies.vla import ACTION_DIM, VLA, PatchNormalizer, VLAConfig
+from fmmm.policies.vla import VLA, PatchNormalizer, VLAConfig
 from fmmm.tokenizers.sequence import Modality, MultimodalBatch
 from fmmm.train.recipe import InitConfig, Run, RunResult, start_model
 from fmmm.train.trainer import TrainerConfig
@@ -141,10 +141,10 @@ class FrameSamples:
                 # Steps past the episode end repeat the last action but carry no loss.
                 steps = torch.arange(frame, frame + chunk)
                 action_ids.append(bins[steps.clamp(max=length - 1)].flatten())
-                action_masks.append((steps < length).repeat_interleave(ACTION_DIM))
+                action_masks.append((steps < length).repeat_interleave(vla.action_dim))
         self.prefixes = prefixes
-        self.action_ids = torch.stack(action_ids)  # (N, chunk * 7) bins
-        self.action_masks = torch.stack(action_masks)  # (N, chunk * 7) bool, False past the end
+        self.action_ids = torch.stack(action_ids)  # (N, chunk * D) bins
+        self.action_masks = torch.stack(action_masks)  # (N, chunk * D) bool, False past the end
         self.table = vla.training_batch(prefixes, self.action_ids, self.action_masks)
         self.lengths = (self.table.sample_ids > 0).sum(dim=1)  # (N,)
         self.feature_starts, self.feature_counts = {}, {}
@@ -221,8 +221,6 @@ def fit_tokenizers(dataset: Any, num_bins: int) -> tuple[Any, Any]:
     episodes = [dataset.episode(i) for i in range(dataset.num_episodes)]
     actions = np.concatenate([e[ACTION_KEY] for e in episodes]).astype(np.float64)
     states = np.concatenate([e[STATE_KEY] for e in episodes]).astype(np.float64)
-    if actions.shape[1] != ACTION_DIM:
-        raise ValueError(f"dataset actions are {actions.shape[1]}-D, the VLA expects {ACTION_DIM}")
     action_tokenizer = ActionTokenizer(num_bins=num_bins).fit(torch.from_numpy(actions))
     return action_tokenizer, StateNormalizer().fit(torch.from_numpy(states))
 
@@ -270,6 +268,7 @@ def adapt(vla: VLA, cfg: AdaptationConfig) -> None:
 
 def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
     """Run the whole recipe; returns the summary also written to out_dir/summary.json."""
+    import fmmm.envs
     from fmmm.eval.rollout import evaluate
     from fmmm.policies.lora import count_parameters
     from fmmm.train.data import DatasetStream
@@ -305,11 +304,12 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
         vla.save(run.out_dir, cfg.adaptation.mode)
         if cfg.eval.episodes:
             mark = time.perf_counter()
+            tasks = fmmm.envs.expand_tasks(cfg.task)  # a suite (metaworld:mt10) evaluates each
             results = evaluate(
-                str(run.out_dir), [cfg.task], cfg.eval.episodes, cfg.eval.seed, cfg.eval.num_envs
+                str(run.out_dir), tasks, cfg.eval.episodes, cfg.eval.seed, cfg.eval.num_envs
             )
             atomic_write_json(run.out_dir / "eval" / "results.json", results)
-            evaluation = results["summary"][cfg.task]
+            evaluation = results["summary"] if len(tasks) > 1 else results["summary"][cfg.task]
             timings["eval_seconds"] = time.perf_counter() - mark
     summary = run.finish(
         result,
@@ -331,11 +331,14 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
         },
     ).summary
     if evaluation is not None:
-        low, high = evaluation["success_ci95"]
-        print(
-            f"{cfg.task}: success {evaluation['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
-            f"{evaluation['episodes']} held-out episodes; summary in {run.out_dir / 'summary.json'}"
-        )
+        per_task = evaluation if "success_rate" not in evaluation else {cfg.task: evaluation}
+        for task, result in per_task.items():
+            low, high = result["success_ci95"]
+            print(
+                f"{task}: success {result['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
+                f"{result['episodes']} held-out episodes"
+            )
+        print(f"summary in {run.out_dir / 'summary.json'}")
     return summary
 
 

@@ -14,7 +14,9 @@ from fmmm.tokenizers.text import default_text_tokenizer
 STATE_DIM = 14
 
 
-def make_vla(dim: int = 64, layers: int = 2, text_vocab_size: int = 512, **policy) -> VLA:
+def make_vla(
+    dim: int = 64, layers: int = 2, text_vocab_size: int = 512, action_dim: int = 7, **policy
+) -> VLA:
     torch.manual_seed(0)
     text = default_text_tokenizer(512)
     config = MultimodalConfig(
@@ -28,7 +30,7 @@ def make_vla(dim: int = 64, layers: int = 2, text_vocab_size: int = 512, **polic
         state_dim=STATE_DIM,
     )
     generator = torch.Generator().manual_seed(0)
-    actions = torch.rand(200, 7, generator=generator) * 2 - 1
+    actions = torch.rand(200, action_dim, generator=generator) * 2 - 1
     states = torch.randn(200, STATE_DIM, generator=generator)
     model, builder = create_model_and_builder(
         config,
@@ -60,6 +62,18 @@ def test_kv_cache_decoding_gives_the_same_actions_as_full_recompute():
         assert cached.shape == (3, 7) and cached.dtype == np.float32
         np.testing.assert_array_equal(cached, full)
         assert np.all(np.abs(cached) <= 1)
+
+
+def test_action_width_follows_the_fitted_action_tokenizer():
+    vla = make_vla(action_dim=4, chunk=3)  # Meta-World's (dx, dy, dz, gripper)
+    chunk = vla.predict_chunk(observation())
+    assert chunk.shape == (3, 4) and np.all(np.abs(chunk) <= 1)
+    prefix = vla.prefix_segments(observation())
+    ids = torch.zeros(1, 3 * 4, dtype=torch.long)
+    batch = vla.training_batch([prefix], ids, torch.ones(1, 3 * 4, dtype=torch.bool))
+    assert int((batch.targets >= vla.action_offset).sum()) == 3 * 4
+    loss, _ = vla.train()(batch)
+    assert torch.isfinite(loss)
 
 
 def test_policy_serves_actions_from_the_chunk_queue_and_reset_clears_it(monkeypatch):

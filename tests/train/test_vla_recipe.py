@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -153,3 +154,30 @@ def test_rerun_with_another_config_refuses_the_old_checkpoints(tmp_path, reach_d
     # more steps is a legitimate resume: it continues from the saved step 3
     longer = train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0", "train.steps=4"))
     assert longer["steps"] == 4 and longer["status"] == "completed"
+
+
+def test_vla_run_on_several_tasks_trains_one_policy_and_evaluates_each(tmp_path):
+    from fmmm.collect import collect
+
+    demos = tmp_path / "demos"
+    collect("reach,push", 2, demos, progress=False)
+    cfg = tiny_config(tmp_path, demos, "task=reach,push", "eval.episodes=1", "eval.num_envs=1")
+    summary = train_vla(cfg)
+    assert summary["demonstrations"] == 4
+    assert set(summary["eval"]) == {"reach", "push"}
+    assert all(result["episodes"] == 1 for result in summary["eval"].values())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("metaworld") is None,
+    reason='metaworld is not installed (pip install -e ".[metaworld]")',
+)
+def test_vla_run_on_meta_world_learns_its_4d_actions(tmp_path):
+    from fmmm.collect import collect
+    from fmmm.policies.vla import VLA
+
+    demos = tmp_path / "demos"
+    collect("metaworld:drawer-close-v3", 1, demos, progress=False)
+    cfg = tiny_config(tmp_path, demos, "task=metaworld:drawer-close-v3", "eval.episodes=0")
+    assert train_vla(cfg)["status"] == "completed"
+    assert VLA.load(tmp_path / "run").action_dim == 4
