@@ -51,6 +51,8 @@ def test_robot_frames_train_action_tokens_after_observation_and_instruction(tmp_
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert all(np.isfinite(r["ar_action_loss"]) and np.isfinite(r["ar_text_loss"]) for r in rows)
     assert (tmp_path / "run" / "model" / "tokenizers" / "action").is_dir()
-    with pytest.raises(ValueError, match="model.state_dim is 3 but the state normalizer was fitted on 5"):
+    with pytest.raises(
+        ValueError, match="model.state_dim is 3 but the state normalizer was fitted on 5"
+    ):
         run("configs/pretrain/smoke.yaml", [*overrides[:5], "model.state_dim=3",
             f"out_dir={tmp_path / 'other'}"])  # fmt: skip
