@@ -11,13 +11,24 @@ says so instead of hanging.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import sys
+import weakref
 
 import mujoco
 
 _inherited_egl_display = False
+_renderers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_renderers() -> None:
+    # Left to `__del__`, renderers alive at interpreter exit are freed after MuJoCo's EGL module has
+    # terminated its display, which prints "Exception ignored ... EGLError" on MuJoCo 3.x. This is
+    # registered after that module's own exit hook (at the first renderer), so it runs before it.
+    for renderer in list(_renderers):
+        renderer.close()
 
 
 def _egl_context_alive(egl) -> bool:
@@ -60,4 +71,8 @@ def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Rend
             f"cannot create an OpenGL context (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): {exc}; "
             "set MUJOCO_GL=egl or osmesa before mujoco is first imported, or use render=False"
         ) from None
+    if not _renderers:
+        atexit.unregister(_close_renderers)
+        atexit.register(_close_renderers)
+    _renderers.add(renderer)
     return renderer
