@@ -204,8 +204,12 @@ GPU_PEAK_FLOPS = (
 _PROBED: dict[tuple[str, int], float] = {}
 
 
-def matmul_probe_flops(dtype: str = "fp32", size: int = 512, seconds: float = 0.25) -> float:
-    """FLOP/s of square CPU matmuls in `dtype` with this process's threads (cached per process)."""
+def matmul_probe_flops(dtype: str = "fp32", size: int = 1024, seconds: float = 0.5) -> float:
+    """FLOP/s of square CPU matmuls in `dtype` with this process's threads (cached per process).
+
+    The best of repeated 1024-wide products over half a second: 512-wide ones measured as little as
+    a seventh of the peak on this 2-core CPU while another process was busy, which inflates MFU.
+    """
     import time
 
     import torch
