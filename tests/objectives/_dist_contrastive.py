@@ -59,6 +59,7 @@ def main(path: str) -> None:
     if rank == 0:
         with open(path, "w") as f:
             json.dump({"world": world, "ranks": gathered}, f)
+    dist.barrier()  # gloo can abort ("terminate called") if a rank tears down mid-exchange
     dist.destroy_process_group()
 
 
