@@ -23,10 +23,8 @@ take a 64 px frame of a Meta-World scene from ~10 ms to ~150 ms.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import warnings
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +194,6 @@ class MetaWorldEnv(gym.Env):
             from fmmm.envs.rendering import make_renderer
 
             self._renderer = make_renderer(self.model, self.image_size, self.image_size)
-            # Close before mujoco's own exit handler (registered with the first GL context)
-            # terminates the EGL display; a renderer freed after it errors at exit (MuJoCo 3.x).
-            atexit.register(_close_at_exit, weakref.ref(self))
             flags = self._renderer.scene.flags
             flags[self._mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             flags[self._mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
@@ -246,11 +241,6 @@ class MetaWorldEnv(gym.Env):
             "goal": np.round(np.asarray(env._target_pos, dtype=float), 4).tolist(),
             "instruction": self.instruction,
         }
-
-
-def _close_at_exit(env: weakref.ref[MetaWorldEnv]) -> None:
-    if (alive := env()) is not None:
-        alive.close()
 
 
 class MetaWorldExpert:

@@ -291,9 +291,7 @@ def load_sharded_checkpoint(
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     path = Path(path)
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        raise ValueError(f"checkpoint {path} is not usable: {problem}")
+    _require_usable(path)
     trainer_state = json.loads((path / "trainer.json").read_text())
     with_optimizer = optimizer is not None and trainer_state.get("optimizer_state", True)
     state = _state_by_name(module, optimizer if with_optimizer else None)
@@ -318,15 +316,7 @@ def load_sharded_checkpoint(
         set_model_state_dict(module, state["model"])
     if optimizer is not None and not with_optimizer:
         optimizer.state.clear()  # saved before the first step: a fresh optimizer
-    sched = json.loads((path / "scheduler.json").read_text())
-    if scheduler is not None and sched["scheduler"] is not None:
-        scheduler.load_state_dict(sched["scheduler"])
-    if scaler is not None and "scaler" in sched:
-        scaler.load_state_dict(sched["scaler"])
-    rng_states = _join_rng_states(
-        load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())
-    )
-    return trainer_state, rng_states
+    return _load_schedule_and_rng(path, scheduler, scaler)
 
 
 def load_sharded_model_state(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -414,9 +404,7 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load states in place from checkpoint `path`; return (trainer state, per-process RNG states)."""
     path = Path(path)
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        raise ValueError(f"checkpoint {path} is not usable: {problem}")
+    _require_usable(path)
     missing, unexpected = load_model(module, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -428,6 +416,20 @@ def load_checkpoint(
         optimizer.load_state_dict(
             _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), opt_meta)
         )
+    return _load_schedule_and_rng(path, scheduler, scaler)
+
+
+def _require_usable(path: Path) -> None:
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} is not usable: {problem}")
+
+
+def _load_schedule_and_rng(
+    path: Path, scheduler: Any, scaler: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What both checkpoint layouts store alike: (trainer state, per-process RNG states), with the
+    scheduler and grad scaler states loaded in place."""
     sched = json.loads((path / "scheduler.json").read_text())
     if scheduler is not None and sched["scheduler"] is not None:
         scheduler.load_state_dict(sched["scheduler"])
@@ -436,5 +438,4 @@ def load_checkpoint(
     rng_states = _join_rng_states(
         load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())
     )
-    trainer_state = json.loads((path / "trainer.json").read_text())
-    return trainer_state, rng_states
+    return json.loads((path / "trainer.json").read_text()), rng_states
