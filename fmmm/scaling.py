@@ -498,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
     parser.add_argument("--flops", type=float, default=None, help="FLOP budget for the planner")
-    parser.add_argument("--gpus", type=int, default=0, help="plan DDP and FSDP over this many GPUs")
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="plan DDP and FSDP over this many GPUs"
+    )
     parser.add_argument("--gpu-memory", type=float, default=None, help="GiB per GPU: say what fits")
     args = parser.parse_args(argv)
     from fmmm.config import ConfigError
@@ -506,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.preset and args.config:
             raise ValueError("give either a config file or --preset, not both")
+        if args.gpus is not None and args.gpus < 1:
+            raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+        if args.gpu_memory is not None and not 0 < args.gpu_memory < float("inf"):
+            raise ValueError(
+                f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}"
+            )
         if args.preset:
             print(f"preset {args.preset}")
             print(

@@ -156,6 +156,19 @@ def test_cli_bad_input_exits_two_with_one_line_error():
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--gpus", "0"], "--gpus must be >= 1"),
+        (["--gpus", "8", "--gpu-memory", "-1"], "--gpu-memory"),
+    ],
+)
+def test_gpu_plan_flags_that_cannot_be_meant_are_refused(flags, message, capsys):
+    assert main([DEBUG_YAML, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
 @pytest.mark.parametrize("path", sorted(MODEL_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_model_configs_load_and_count(path):
     from fmmm.config import load_config

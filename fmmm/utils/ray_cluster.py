@@ -32,6 +32,7 @@ def connect(address: str = "") -> Any:
     ray = require_ray()
     if not ray.is_initialized():
         if address:
+            _require_reachable(address)
             ray.init(address=address, runtime_env=worker_runtime_env(), log_to_driver=False)
         else:
             ray.init(
@@ -41,6 +42,19 @@ def connect(address: str = "") -> Any:
                 log_to_driver=False,
             )
     return ray
+
+
+def _require_reachable(address: str, seconds: float = 5.0) -> None:
+    """A one-line error for a `host:port` nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise ValueError(f"no Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def worker_runtime_env() -> dict[str, Any]:

@@ -160,3 +160,11 @@ def test_ray_dedup_resumes_after_a_killed_driver_without_redoing_finished_shards
     assert len(list(out.glob(".work/dedup-*/features/*.json"))) == report["units"]
     dedup([str(text_corpus.folder)], str(tmp_path / "local"), _config(DedupConfig))
     assert _outputs(out) == _outputs(tmp_path / "local")
+
+
+def test_an_address_nobody_listens_on_is_a_one_line_error_not_a_wait():
+    from fmmm.utils.ray_cluster import _require_reachable
+
+    with pytest.raises(ValueError, match="no Ray cluster at 127.0.0.1:1"):
+        _require_reachable("127.0.0.1:1", seconds=2)
+    _require_reachable("auto")  # resolved by Ray itself
