@@ -49,6 +49,16 @@ def make_env(task: str, **kwargs: Any) -> TabletopEnv | MetaWorldEnv:
     return TabletopEnv(task, **kwargs)
 
 
+def env_class(task: str) -> type:
+    """The env class that `make_env(task)` builds (its `feature_names` name the state and action
+    dimensions), without building one."""
+    if task.startswith(metaworld.PREFIX):
+        return metaworld.MetaWorldEnv
+    from fmmm.envs.env import TabletopEnv
+
+    return TabletopEnv
+
+
 def expand_tasks(spec: str) -> list[str]:
     """Task names of a `--task` value: `all` (the fmmm suite), a suite such as `metaworld:mt10`,
     one task, or a comma-separated list of these; an unknown name raises ValueError."""
@@ -87,4 +97,4 @@ def register_envs() -> list[str]:
 
 register_envs()
 
-__all__ = ["expand_tasks", "gym_id", "load_task", "make_env", "register_envs", "task_names"]
+__all__ = ["env_class", "expand_tasks", "gym_id", "load_task", "make_env", "register_envs", "task_names"]

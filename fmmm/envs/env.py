@@ -23,9 +23,12 @@ from fmmm.envs.tasks import build_task
 
 ARM_JOINTS = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 FINGER_OPEN = 0.04  # per finger, metres
-STATE_DIM = 14  # 6 joints, gripper opening, end-effector position (3) and quaternion (4)
-# Generous bounds of the state: joint angles (rad), opening (m), position (m), quaternion.
-STATE_BOUND = np.array([2 * np.pi] * 6 + [1.0] + [2.0] * 3 + [1.0] * 4, dtype=np.float32)
+# 6 joints, gripper opening, end-effector position (3) and orientation as the first two columns
+# of its rotation matrix (6): continuous, unlike a quaternion, whose sign flips when w crosses 0
+# (near the home pose, where the gripper points straight down) and makes the state jump by ~2.
+STATE_DIM = 16
+# Generous bounds of the state: joint angles (rad), opening (m), position (m), rotation entries.
+STATE_BOUND = np.array([2 * np.pi] * 6 + [1.0] + [2.0] * 3 + [1.0] * 6, dtype=np.float32)
 # Per-dimension names of the state and action vectors, recorded as the datasets' feature `names`.
 STATE_NAMES = (
     *ARM_JOINTS,
@@ -33,10 +36,7 @@ STATE_NAMES = (
     "ee_x",
     "ee_y",
     "ee_z",
-    "ee_qw",
-    "ee_qx",
-    "ee_qy",
-    "ee_qz",
+    *(f"ee_r{row}{column}" for column in range(2) for row in range(3)),  # rotation columns 0, 1
 )
 ACTION_NAMES = ("ee_dx", "ee_dy", "ee_dz", "ee_drx", "ee_dry", "ee_drz", "gripper_close")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-_"
@@ -252,14 +252,11 @@ class TabletopEnv(gym.Env):
     # ----- observations -----
     def _state(self) -> np.ndarray:
         data, state = self.data, self._state_buffer
-        quat = self._quat
-        mujoco.mju_mat2Quat(quat, data.site_xmat[self.ee_site])
-        if quat[0] < 0:
-            quat *= -1.0
         state[:6] = data.qpos[self.arm_qpos]
         state[6] = data.qpos[self.finger_qpos[0]] + data.qpos[self.finger_qpos[1]]
         state[7:10] = data.site_xpos[self.ee_site]
-        state[10:] = quat
+        # xmat is row-major: columns 0 and 1 are entries (0, 3, 6) and (1, 4, 7)
+        state[10:] = data.site_xmat[self.ee_site].reshape(3, 3)[:, :2].T.reshape(6)
         return state.copy()
 
     def _camera(self, name: str) -> np.ndarray:
@@ -303,3 +300,8 @@ class TabletopEnv(gym.Env):
     def episode_record(self) -> dict[str, Any]:
         """What the current episode asks for (named object, target) and its instruction."""
         return {**self.task.episode_record(), "instruction": self._instruction}
+
+    def fill_instruction(self, template: str) -> str:
+        """`template` with {object} / {target} filled from this episode's labels (prompt variants
+        scored against what the episode names); an unknown or missing placeholder raises."""
+        return self.task.instruction(template)

@@ -1,7 +1,9 @@
 """Episode seeds: a function of (task, base seed, episode index, split) and nothing else.
 
-Training demonstrations and evaluation episodes draw from disjoint seed sets (the split sits in
-the top two bits), so a policy is never evaluated on an initial state it was trained on.
+Training demonstrations, validation episodes and test episodes draw from disjoint seed sets (the
+split sits in the top two bits), so a policy is never evaluated on an initial state it was trained
+on, and checkpoints and settings chosen on "val" episodes say nothing about the "eval" (test)
+episodes that reported numbers come from. "policy" seeds a stochastic policy's own draws.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import hashlib
 
 import numpy as np
 
-SPLITS = {"train": 0, "eval": 1, "policy": 2}
+SPLITS = {"train": 0, "eval": 1, "policy": 2, "val": 3}  # values fixed: seeds must not change
 _LOW_BITS = (1 << 62) - 1
 
 

@@ -6,6 +6,7 @@ a task spec (`tasks/*.yaml`) picks one and supplies its objects, ranges and thre
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 import mujoco
@@ -15,6 +16,7 @@ from fmmm.envs.spec import ObjectSpec, TaskSpec
 from fmmm.registry import Registry
 
 KIND_REGISTRY = Registry("task kind")
+PLACEHOLDERS = ("object", "target")  # what an instruction template may name
 
 
 class Task:
@@ -89,11 +91,15 @@ class Task:
             data.mocap_pos[self.mocap[drawer.name]] = [*(np.asarray(drawer.pos) + shift), 0.0]
 
     # ----- language -----
-    def instruction(self) -> str:
+    def instruction(self, template: str | None = None) -> str:
+        """The episode's instruction: `template` (default: the spec's) with {object} and {target}
+        filled from the labels of what this episode names."""
         fields = {"object": self.labels[self.object_name]}
         if self.target_name is not None:
             fields["target"] = self.labels[self.target_name]
-        return self.spec.instruction.format(**fields)
+        if template is None:
+            return self.spec.instruction.format(**fields)
+        return fill_template(template, fields, self.spec.name)
 
     # ----- state views (privileged; used by the detectors and the scripted experts) -----
     def object_pos(self, data: mujoco.MjData, name: str | None = None) -> np.ndarray:
@@ -230,6 +236,26 @@ class OpenDrawer(Task):
 
     def is_success(self, data: mujoco.MjData) -> bool:
         return self.drawer_opening(data) > self.spec.success.open_distance
+
+
+def fill_template(template: str, fields: dict[str, str], task: str) -> str:
+    """`template` with its {name} placeholders filled from `fields`; a placeholder that is not a
+    known one ({object}, {target}) or that `task` has no value for raises a one-line ValueError."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"instruction {template!r}: {exc} (write {{{{ for a literal brace)"
+        ) from None
+    for name in names:
+        if name not in PLACEHOLDERS:
+            known = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+            raise ValueError(
+                f"unknown placeholder {{{name}}} in instruction {template!r}; known: {known}"
+            )
+        if name not in fields:
+            raise ValueError(f"task {task} has no {{{name}}} to fill in instruction {template!r}")
+    return template.format_map(fields)
 
 
 def build_task(spec: TaskSpec, model: mujoco.MjModel) -> Task:

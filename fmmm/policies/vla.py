@@ -29,6 +29,7 @@ from torch import nn
 
 from fmmm.models.multimodal import TOKENIZERS_DIR, MultimodalModel
 from fmmm.policies.factory import PolicyFactory, policy_registry
+from fmmm.policies.heads import HEADS, ContinuousActionHead, sample_flow_time
 from fmmm.tokenizers.sequence import (
     IGNORE_INDEX,
     Modality,
@@ -41,6 +42,7 @@ from fmmm.utils.io import atomic_write_bytes, atomic_write_json
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 POLICY_FILE = "policy.json"
+HEAD_FILE = "action_head.safetensors"
 CAMERAS = ("agentview", "wrist")
 
 
@@ -59,8 +61,17 @@ class VLAConfig:
     # demonstrations instead of learning where the named object is.
     state_noise: float = 0.0
     patch_noise: float = 0.0
+    # How actions come out (fmmm/policies/heads.py): "tokens" (discrete bins decoded one at a time
+    # with the KV cache), "l1" (the whole chunk in one pass, continuous, L1 loss; OpenVLA-OFT) or
+    # "flow" (a flow-matching action expert integrated in `flow_steps` Euler steps; pi0).
+    head: str = "tokens"
+    flow_steps: int = 10
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"policy.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.flow_steps < 1:
+            raise ValueError(f"policy.flow_steps must be >= 1, got {self.flow_steps}")
         if not self.cameras and not self.use_state:
             raise ValueError("the policy needs at least one camera or use_state")
         for camera in self.cameras:
@@ -110,6 +121,38 @@ class PatchNormalizer:
             )
         return (patches - mean) / std
 
+    def batch(self, camera: str, patches: torch.Tensor) -> torch.Tensor:
+        """`__call__` on a batch of one camera's images: patches (B, N, F)."""
+        if camera not in self.stats:
+            return patches
+        mean, std = self.stats[camera]
+        if patches.shape[1:] != mean.shape:
+            raise ValueError(
+                f"{camera} patches {tuple(patches.shape[1:])} do not match the fitted {tuple(mean.shape)}"
+            )
+        return (patches - mean) / std
+
+    @classmethod
+    def fit_streaming(
+        cls, batches: dict[str, Any], floor: float = 0.1
+    ) -> PatchNormalizer:
+        """`fit` from an iterable of (frames, N, F) patch batches per camera, without holding
+        them all: float64 running sums."""
+        stats = {}
+        for camera, parts in batches.items():
+            count, total, squares = 0, None, None
+            for values in parts:
+                values = values.double()
+                total = values.sum(0) if total is None else total + values.sum(0)
+                squares = (values**2).sum(0) if squares is None else squares + (values**2).sum(0)
+                count += values.shape[0]
+            if not count:
+                raise ValueError(f"no {camera} frames to fit the patch statistics on")
+            mean = total / count
+            std = (squares / count - mean**2).clamp_min(0).sqrt()
+            stats[camera] = (mean.float(), std.float().clamp_min(floor))
+        return cls(stats)
+
     def save(self, directory: Path) -> None:
         from safetensors.torch import save
 
@@ -133,8 +176,38 @@ class PatchNormalizer:
         return cls({c: (tensors[f"{c}.mean"], tensors[f"{c}.std"]) for c in cameras})
 
 
+@dataclass
+class ActionBatch:
+    """A training batch: the token sequences, plus the continuous targets of the `l1`/`flow` heads
+    (normalized actions (B, chunk, D) and which of them lie inside the episode (B, chunk))."""
+
+    tokens: MultimodalBatch
+    actions: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def to(self, device: Any, non_blocking: bool = False) -> ActionBatch:
+        move = (lambda t: None if t is None else t.to(device))  # noqa: E731
+        return ActionBatch(self.tokens.to(device), move(self.actions), move(self.mask))
+
+    @property
+    def sample_ids(self) -> torch.Tensor:
+        return self.tokens.sample_ids
+
+
+def open_action_block(batch: MultimodalBatch) -> MultimodalBatch:
+    """Let the action positions of each row attend to each other (bidirectional chunk)."""
+    action = (batch.modality == int(Modality.ACTION)) & (batch.sample_ids > 0)
+    mask = batch.attention_mask | (action[:, :, None] & action[:, None, :])
+    return dataclasses.replace(batch, attention_mask=mask)
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The MultimodalModel inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if is_lora(model) else model
+
+
 class VLA(nn.Module):
-    """MultimodalModel + tokenizers: training loss on action tokens and chunk prediction."""
+    """MultimodalModel + tokenizers (+ a continuous action head): training loss and chunk prediction."""
 
     def __init__(
         self,
@@ -155,6 +228,31 @@ class VLA(nn.Module):
         self.action_dim = builder.action_tokenizer.dims
         self.action_offset = builder.action_offset
         self.patch_normalizer = patch_normalizer or PatchNormalizer()
+        self.action_head = None
+        if config.head != "tokens":
+            dim = base_model(model).config.backbone.dim
+            self.action_head = ContinuousActionHead(config.head, dim, self.action_dim, config.chunk)
+        low, high = builder.action_tokenizer.low.float(), builder.action_tokenizer.high.float()
+        self.register_buffer("action_low", low, persistent=False)
+        self.register_buffer("action_span", (high - low).clamp_min(1e-6), persistent=False)
+        self.generator = torch.Generator().manual_seed(0)  # flow-matching noise at inference
+        # per-dimension names of observation.state and action in the training data (policy.json)
+        self.features: dict[str, Any] | None = None
+
+    @property
+    def forward_passes_per_chunk(self) -> int:
+        """Backbone passes per predicted chunk (a KV-cached decoding step counts as one)."""
+        if self.config.head == "tokens":
+            return self.config.chunk * self.action_dim
+        return self.config.flow_steps if self.config.head == "flow" else 1
+
+    # ------------------------------------------------------------------ normalization
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions (..., D) -> [-1, 1] per dimension (1st/99th percentiles of the demonstrations)."""
+        return (actions.float() - self.action_low) / self.action_span * 2 - 1
+
+    def unnormalize_actions(self, unit: torch.Tensor) -> torch.Tensor:
+        return self.action_low + (unit.float() + 1) / 2 * self.action_span
 
     # ------------------------------------------------------------------ sequences
     def prefix_segments(self, observation: dict[str, Any]) -> list[Segment]:
@@ -180,17 +278,24 @@ class VLA(nn.Module):
             segment.features = self.patch_normalizer(camera, segment.features)
         return segments
 
+    def action_segment(self, action_ids: torch.Tensor | None = None) -> Segment:
+        """The action positions after the prefix: the chunk's bins (tokens head) or `chunk`
+        placeholder positions that the continuous head fills in."""
+        if self.config.head == "tokens":
+            return Segment(Modality.ACTION, ids=action_ids + self.action_offset, loss=True)
+        ids = torch.full((self.config.chunk,), self.action_offset + self.num_bins // 2)
+        return Segment(Modality.ACTION, ids=ids)
+
     def training_batch(
         self, prefixes: list[list[Segment]], action_ids: torch.Tensor, action_mask: torch.Tensor
     ) -> MultimodalBatch:
-        """Batch of prefixes followed by action bins (B, chunk*D); masked bins carry no loss."""
-        samples = []
-        for prefix, ids in zip(prefixes, action_ids):
-            samples.append(
-                prefix + [Segment(Modality.ACTION, ids=ids + self.action_offset, loss=True)]
-            )
+        """Batch of prefixes followed by the action positions; for the tokens head, targets are
+        the bins (B, chunk*D) and masked bins carry no loss."""
+        samples = [prefix + [self.action_segment(ids)] for prefix, ids in zip(prefixes, action_ids)]
         length = max(sum(len(s) for s in sample) for sample in samples)
         batch = self.builder.build(samples, length, pack=False)
+        if self.config.head != "tokens":
+            return open_action_block(batch)
         # The marker and action positions are the last chunk*D+1 of each row's sample.
         ends = (batch.sample_ids > 0).sum(dim=1)  # (B,)
         width = action_ids.shape[1]
@@ -201,8 +306,15 @@ class VLA(nn.Module):
         )
         return batch
 
-    def forward(self, batch: MultimodalBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Cross-entropy over the action bins at every action target; (loss, info)."""
+    def forward(
+        self, batch: MultimodalBatch | ActionBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The head's loss: cross-entropy over the action bins (tokens), L1 on the normalized
+        chunk (l1) or the flow-matching error (flow); (loss, info)."""
+        if isinstance(batch, ActionBatch) and self.action_head is not None:
+            return self._continuous_loss(batch)
+        if isinstance(batch, ActionBatch):
+            batch = batch.tokens
         if self.training:
             batch = self._augment(batch)
         out = self.model(batch)
@@ -216,6 +328,39 @@ class VLA(nn.Module):
         loss = nn.functional.cross_entropy(logits.float(), bins)
         accuracy = (logits.argmax(-1) == bins).float().mean()
         return loss + out["aux_loss"], {"action_loss": loss.detach(), "action_accuracy": accuracy}
+
+    def _head_outputs(
+        self, batch: MultimodalBatch, noisy: torch.Tensor | None = None, t: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the backbone with the head's inputs at the action positions; returns the head's
+        output (B, chunk, D) and the backbone's auxiliary loss."""
+        model = base_model(self.model)
+        x = model.embed_batch(batch)
+        where = batch.modality == int(Modality.ACTION)  # (B, L): `chunk` positions per row
+        rows = batch.input_ids.shape[0]
+        if int(where.sum()) != rows * self.config.chunk:
+            raise ValueError(f"every row needs {self.config.chunk} action positions")
+        extra = self.action_head.inputs(rows, noisy, t).to(x.dtype).reshape(-1, x.shape[-1])
+        x = x.masked_scatter(where[..., None], (x[where] + extra))
+        hidden, moe_aux = model.backbone(x, batch.positions, batch.attention_mask)
+        return self.action_head(hidden[where].view(rows, self.config.chunk, -1)), moe_aux
+
+    def _continuous_loss(self, batch: ActionBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tokens = self._augment(batch.tokens) if self.training else batch.tokens
+        target, mask = batch.actions, batch.mask[..., None].float()  # (B, C, D), (B, C, 1)
+        if self.config.head == "l1":
+            predicted, aux = self._head_outputs(tokens)
+            error = (predicted - target).abs()
+            loss = (error * mask).sum() / (mask.sum() * self.action_dim).clamp_min(1)
+            return loss + aux, {"action_loss": loss.detach(), "l1": loss.detach()}
+        rows = target.shape[0]
+        t = sample_flow_time(rows).to(target.device)
+        noise = torch.randn_like(target)
+        noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * target
+        velocity, aux = self._head_outputs(tokens, noisy, t)
+        error = (velocity - (noise - target)).square()
+        loss = (error * mask).sum() / (mask.sum() * self.action_dim).clamp_min(1)
+        return loss + aux, {"action_loss": loss.detach(), "flow_mse": loss.detach()}
 
     def _augment(self, batch: MultimodalBatch) -> MultimodalBatch:
         """The batch with training noise added to its state and image features."""
@@ -231,7 +376,9 @@ class VLA(nn.Module):
     def predict_chunk(
         self, observation: dict[str, Any], use_cache: bool | None = None
     ) -> np.ndarray:
-        """Greedy decoding of the next `chunk` actions: float32 (chunk, D) in [-1, 1]."""
+        """The next `chunk` actions: float32 (chunk, D) in [-1, 1]."""
+        if self.action_head is not None:
+            return self.predict_chunks([observation])[0]
         use_cache = self.config.use_cache if use_cache is None else use_cache
         prefix = self.prefix_segments(observation)
         total = self.config.chunk * self.action_dim
@@ -260,6 +407,35 @@ class VLA(nn.Module):
         actions = self.builder.action_tokenizer.decode(bins).clamp(-1.0, 1.0)
         return actions.numpy().astype(np.float32)
 
+    @torch.no_grad()
+    def predict_chunks(
+        self, observations: list[dict[str, Any]], noise: torch.Tensor | None = None
+    ) -> np.ndarray:
+        """Chunks of K observations at once: float32 (K, chunk, D) in [-1, 1]. The continuous
+        heads run the K prefixes as one batch; the tokens head decodes them one by one. The flow
+        head starts from `noise` (K, chunk, D) when given, else from the policy's generator."""
+        if not observations:
+            raise ValueError("predict_chunks needs at least one observation")
+        if self.action_head is None:
+            return np.stack([self.predict_chunk(o) for o in observations])
+        samples = [self.prefix_segments(o) + [self.action_segment()] for o in observations]
+        length = max(sum(len(s) for s in sample) for sample in samples)
+        batch = open_action_block(self.builder.build(samples, length, pack=False))
+        rows, shape = len(samples), (len(samples), self.config.chunk, self.action_dim)
+        if self.config.head == "l1":
+            unit, _ = self._head_outputs(batch)
+        else:
+            unit = torch.randn(shape, generator=self.generator) if noise is None else noise
+            if unit.shape != shape:
+                raise ValueError(f"noise must have shape {shape}, got {tuple(unit.shape)}")
+            steps = self.config.flow_steps
+            for k in range(steps):
+                t = torch.full((rows,), 1.0 - k / steps)
+                velocity, _ = self._head_outputs(batch, unit, t)
+                unit = unit - velocity / steps
+        actions = self.unnormalize_actions(unit.clamp(-1.5, 1.5)).clamp(-1.0, 1.0)
+        return actions.numpy().astype(np.float32)
+
     def _greedy(self, logits: torch.Tensor) -> int:
         """Argmax over the action bins of (1, V) logits."""
         return int(logits[0, self.action_offset : self.action_offset + self.num_bins].argmax())
@@ -280,8 +456,27 @@ class VLA(nn.Module):
         else:
             self.model.save_pretrained(run_dir / MODEL_DIR, tokenizers=tokenizers)
         self.patch_normalizer.save(run_dir / MODEL_DIR / TOKENIZERS_DIR)
+        if self.action_head is not None:
+            from safetensors.torch import save
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.action_head.state_dict().items()}
+            atomic_write_bytes(run_dir / HEAD_FILE, save(state))
         spec = {"type": "vla", "adaptation": adaptation, **dataclasses.asdict(self.config)}
+        if self.features:
+            spec["features"] = self.features
         atomic_write_json(run_dir / POLICY_FILE, spec)
+
+    def check_features(self, names: dict[str, Any], source: str) -> None:
+        """Refuse data whose state or action dimensions are named differently from the ones the
+        policy was trained on (the saved normalization statistics would be applied to the wrong
+        dimensions); `names` maps feature -> per-dimension names, as datasets record them."""
+        for feature, trained in (self.features or {}).items():
+            given = names.get(feature)
+            if trained is not None and given is not None and list(given) != list(trained):
+                raise ValueError(
+                    f"{source}: {feature} is {list(given)} but the policy was trained on "
+                    f"{list(trained)}"
+                )
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, merge: bool = True, **overrides: Any) -> VLA:
@@ -303,7 +498,7 @@ class VLA(nn.Module):
 
         fields = {f.name for f in dataclasses.fields(VLAConfig)}
         values = {k: v for k, v in spec.items() if k in fields}
-        unknown = set(spec) - fields - {"type", "adaptation"}
+        unknown = set(spec) - fields - {"type", "adaptation", "features"}
         if unknown:
             raise ValueError(f"{run_dir / POLICY_FILE}: unknown keys {', '.join(sorted(unknown))}")
         config = VLAConfig(**{**values, **overrides})
@@ -314,7 +509,17 @@ class VLA(nn.Module):
                 model = merge_adapter(model)
         model.eval()
         patch_normalizer = PatchNormalizer.load(run_dir / MODEL_DIR / TOKENIZERS_DIR)
-        return cls(model, builder, config, patch_normalizer)
+        vla = cls(model, builder, config, patch_normalizer)
+        vla.features = spec.get("features")
+        if vla.action_head is not None:
+            from safetensors.torch import load_file
+
+            path = run_dir / HEAD_FILE
+            if not path.is_file():
+                raise ValueError(f"{run_dir}: policy.head is {config.head!r} but {HEAD_FILE} is missing")
+            vla.action_head.load_state_dict(load_file(path))
+        vla.eval()
+        return vla
 
 
 def is_lora(model: nn.Module) -> bool:
@@ -323,20 +528,63 @@ def is_lora(model: nn.Module) -> bool:
 
 
 class VLAPolicy:
-    """The evaluation `Policy`: actions served from a queue of predicted chunks."""
+    """The evaluation `Policy`: actions served from queues of predicted chunks, one queue per
+    environment; `act_batch` predicts the chunks of every environment whose queue is empty in one
+    batch (the continuous heads run them as one forward pass)."""
 
     def __init__(self, vla: VLA):
         self.vla = vla
-        self.queue: deque[np.ndarray] = deque()
+        self.queues: list[deque[np.ndarray]] = [deque()]
+        self.generators: list[torch.Generator] = []
+        self.chunk = vla.config.chunk
+        self.forward_passes_per_action = vla.forward_passes_per_chunk / vla.config.steps_per_chunk
+
+    def seed(self, seed: int) -> None:
+        """Seed the flow head's noise (other heads are deterministic)."""
+        self.seed_index(0, seed)
+
+    def seed_index(self, index: int, seed: int) -> None:
+        """Seed the flow noise of environment `index`: each environment draws from its own
+        generator, so its actions do not depend on how many environments share the batch."""
+        while len(self.generators) <= index:
+            self.generators.append(torch.Generator().manual_seed(len(self.generators)))
+        self.generators[index].manual_seed(int(seed))
 
     def reset(self) -> None:
-        self.queue.clear()
+        for queue in self.queues:
+            queue.clear()
+
+    def reset_index(self, index: int) -> None:
+        """Start a new episode in environment `index` of a batch."""
+        while len(self.queues) <= index:
+            self.queues.append(deque())
+        self.queues[index].clear()
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
-        if not self.queue:
-            chunk = self.vla.predict_chunk(observation)
-            self.queue.extend(chunk[: self.vla.config.steps_per_chunk])
-        return self.queue.popleft()
+        return self.act_batch([observation], [0])[0]
+
+    def act_batch(
+        self, observations: list[dict[str, Any]], indices: list[int] | None = None
+    ) -> np.ndarray:
+        """Actions (K, D) for the environments `indices` (default 0..K-1) observing `observations`."""
+        indices = list(range(len(observations))) if indices is None else list(indices)
+        if len(indices) != len(observations):
+            raise ValueError("act_batch needs one index per observation")
+        for index in indices:
+            self.reset_index(index) if index >= len(self.queues) else None
+        empty = [k for k, index in enumerate(indices) if not self.queues[index]]
+        if empty:
+            noise = None
+            if self.vla.config.head == "flow":
+                shape = (self.vla.config.chunk, self.vla.action_dim)
+                for k in empty:
+                    self.seed_index(indices[k], 0) if len(self.generators) <= indices[k] else None
+                generators = [self.generators[indices[k]] for k in empty]
+                noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+            chunks = self.vla.predict_chunks([observations[k] for k in empty], noise)
+            for k, chunk in zip(empty, chunks):
+                self.queues[indices[k]].extend(chunk[: self.vla.config.steps_per_chunk])
+        return np.stack([self.queues[index].popleft() for index in indices])
 
 
 @policy_registry.register("vla")
@@ -349,6 +597,9 @@ def load_vla(run_dir: Path | None, config: dict[str, Any]) -> PolicyFactory:
     vla = VLA.from_spec(Path(run_dir), config)
 
     def factory(env: Any) -> VLAPolicy:
+        names = getattr(env, "feature_names", None)
+        if names:
+            vla.check_features(names, f"env {getattr(env, 'task_name', type(env).__name__)}")
         return VLAPolicy(vla)
 
     return factory

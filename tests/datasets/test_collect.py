@@ -32,7 +32,7 @@ def test_collected_demos_read_back_with_cameras_state_actions_and_provenance(dem
         length = row["length"]
         assert episode["observation.images.wrist"].shape == (length, 64, 64, 3)
         assert episode["observation.images.agentview"].dtype == np.uint8
-        assert episode["observation.state"].shape == (length, 14)
+        assert episode["observation.state"].shape == (length, 16)
         assert episode["action"].shape == (length, 7)
         assert np.all(np.abs(episode["action"]) <= 1)
         assert episode["next.success"][-1] and not episode["next.success"][0]

@@ -44,7 +44,7 @@ def test_observation_contract_with_cameras():
     for camera in ("agentview", "wrist"):
         assert obs[camera].shape == (48, 48, 3) and obs[camera].dtype == np.uint8
         assert obs[camera].std() > 5  # a real image, not a blank buffer
-    assert obs["state"].shape == (14,) and obs["state"].dtype == np.float32
+    assert obs["state"].shape == (16,) and obs["state"].dtype == np.float32
     assert obs["instruction"].startswith("pick up the ") and " on the " in obs["instruction"]
     assert info["is_success"] is False
     obs, reward, terminated, truncated, info = env.step(np.zeros(7, dtype=np.float32))
@@ -67,7 +67,11 @@ def test_state_reports_end_effector_pose_and_gripper_opening():
     state = obs["state"]
     np.testing.assert_allclose(state[:6], env.data.qpos[:6], atol=1e-6)
     np.testing.assert_allclose(state[7:10], env.data.site_xpos[env.ee_site], atol=1e-6)
-    assert abs(np.linalg.norm(state[10:]) - 1.0) < 1e-5
+    columns = state[10:].reshape(2, 3)  # first two columns of the rotation matrix
+    rotation = env.data.site_xmat[env.ee_site].reshape(3, 3)
+    np.testing.assert_allclose(columns, rotation[:, :2].T, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(columns, axis=1), 1.0, atol=1e-5)
+    assert abs(float(columns[0] @ columns[1])) < 1e-5
     assert state[6] == pytest.approx(0.08, abs=1e-3)  # opens wide at reset
     for _ in range(5):
         obs, *_ = env.step(np.array([0, 0, 0, 0, 0, 0, 1.0], dtype=np.float32))
@@ -136,7 +140,7 @@ def test_success_terminates_the_episode():
 def test_vector_envs_step_in_batches(mode):
     envs = gym.make_vec("fmmm/Reach-v0", num_envs=2, vectorization_mode=mode, render=False)
     obs, infos = envs.reset(seed=[0, 1])
-    assert obs["state"].shape == (2, 14)
+    assert obs["state"].shape == (2, 16)
     assert len(obs["instruction"]) == 2
     actions = np.zeros((2, 7), dtype=np.float32)
     obs, rewards, terminated, truncated, infos = envs.step(actions)
@@ -220,3 +224,26 @@ def test_bad_constructor_arguments_raise_value_error():
         make_env("reach", control_hz=7.0)
     with pytest.raises(ValueError, match="render_mode"):
         make_env("reach", render_mode="human")
+
+
+@pytest.mark.parametrize("task", ["reach", "pick_place"])
+def test_state_is_continuous_along_expert_trajectories(task):
+    """No jumps such as a quaternion's sign flip near the home pose: between two control steps
+    the orientation entries change by far less than their range."""
+    from fmmm.envs.experts import ScriptedExpert
+    from fmmm.envs.seeds import episode_seed
+
+    env = make_env(task, render=False)
+    largest = 0.0
+    for index in range(10):
+        obs, _ = env.reset(seed=episode_seed(task, 0, index, "train"))
+        expert = ScriptedExpert(env)
+        expert.reset()
+        previous = obs["state"]
+        for _ in range(env.spec_task.max_steps):
+            obs, _, terminated, truncated, _ = env.step(expert.act(obs))
+            largest = max(largest, float(np.abs(obs["state"][10:] - previous[10:]).max()))
+            previous = obs["state"]
+            if terminated or truncated:
+                break
+    assert largest < 0.3, largest

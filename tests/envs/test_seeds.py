@@ -21,3 +21,21 @@ def test_bad_seed_arguments_raise():
         episode_seed("pick_place", 0, 0, "test")
     with pytest.raises(ValueError, match=">= 0"):
         episode_seed("pick_place", -1, 0, "eval")
+
+
+def test_validation_seeds_are_disjoint_from_every_other_split():
+    streams = {
+        split: {episode_seed("reach", s, i, split) for s in range(3) for i in range(300)}
+        for split in ("train", "eval", "policy", "val")
+    }
+    for split, seeds in streams.items():
+        others = set().union(*(streams[other] for other in streams if other != split))
+        assert not seeds & others, split
+    assert all(seed >> 62 == 3 for seed in streams["val"])
+
+
+def test_existing_splits_keep_their_seeds():
+    # datasets and results record these seeds: adding a split must not move them
+    assert episode_seed("pick_place", 0, 0, "train") == 700670823065085545
+    assert episode_seed("pick_place", 0, 0, "eval") == 8380072321080613966
+    assert episode_seed("pick_place", 0, 0, "policy") == 12737023457033579189

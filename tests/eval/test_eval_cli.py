@@ -75,7 +75,10 @@ def test_run_directory_policies_load_through_the_registry(tmp_path):
     assert isinstance(factory(None), _ConstantPolicy)
     results = evaluate(str(tmp_path), [TASK], 1, instruction="wave at the camera", progress=False)
     assert results["episodes"][0]["instruction"] == "wave at the camera"
-    assert set(seen) == {"wave at the camera"} and len(seen) == results["episodes"][0]["length"]
+    control = results["timings"]["control"]  # measured on the same policy, before the episode
+    measured = control["warmup"] + control["timed_actions"]
+    assert set(seen) == {"wave at the camera"}
+    assert len(seen) == results["episodes"][0]["length"] + measured
 
 
 @pytest.mark.parametrize(
@@ -85,6 +88,12 @@ def test_run_directory_policies_load_through_the_registry(tmp_path):
         (["--policy", "scripted", "--episodes", "0"], "--episodes"),
         (["--policy", "/no/such/run"], "neither a known name"),
         (["--policy", "random", "--num-envs", "0"], "--num-envs"),
+        (
+            ["--policy", "scripted", "--task", "reach", "--instruction", "go to {target}"],
+            "{target}",
+        ),
+        (["--policy", "scripted", "--task", "reach", "--instruction", "a {colour}"], "{colour}"),
+        (["--compare", "scripted", "/no/such/run", "--task", "reach"], "neither a known name"),
     ],
 )
 def test_bad_eval_arguments_exit_2_with_one_line(args, message):
@@ -101,3 +110,32 @@ def test_bad_policy_json_is_reported(tmp_path, content):
     with pytest.raises(ValueError) as error:
         load_policy(str(tmp_path))
     assert "policy.json" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_compare_runs_both_policies_on_the_same_episodes(tmp_path):
+    command = [PYTHON, "-m", "fmmm.eval", "--compare", "scripted", "random", "--task", "reach"]
+    command += ["--episodes", "5", "--num-envs", "2", "--out", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "A only" in run.stdout and "McNemar" in run.stdout
+    comparison = json.loads((tmp_path / "compare.json").read_text())
+    reach = comparison["summary"]["reach"]
+    assert (reach["success_a"], reach["success_b"], reach["only_a"], reach["only_b"]) == (
+        1,
+        0,
+        5,
+        0,
+    )
+    assert reach["p_value"] == 2 / 2**5
+    seeds_a = [row["seed"] for row in comparison["runs"]["a"]["episodes"]]
+    assert seeds_a == [row["seed"] for row in comparison["runs"]["b"]["episodes"]]
+    assert seeds_a == [row["seed"] for row in comparison["episodes"]]
+
+
+def test_help_documents_every_evaluation_option():
+    run = subprocess.run(
+        [PYTHON, "-m", "fmmm.eval", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0
+    for option in ("--compare", "--split", "{object}", "{target}", "--num-envs", "batch 1"):
+        assert option in run.stdout, option

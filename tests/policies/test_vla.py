@@ -11,7 +11,7 @@ from fmmm.tokenizers.action import ActionTokenizer, StateNormalizer
 from fmmm.tokenizers.sequence import Modality
 from fmmm.tokenizers.text import default_text_tokenizer
 
-STATE_DIM = 14
+STATE_DIM = 16
 
 
 def make_vla(

@@ -7,11 +7,15 @@ import torch
 from fmmm.config import ConfigError, load_config
 from fmmm.datasets.robot import RobotDataset
 from fmmm.resources import data_dir
+from fmmm.tokenizers.sequence import Modality
 from fmmm.train.vla import (
+    DemoFrames,
     FrameSamples,
     VLARunConfig,
     adapt,
     build_vla,
+    fit_patch_normalizer,
+    frames_cache_path,
     train_vla,
 )
 
@@ -77,17 +81,39 @@ def test_renamed_keys_stop_with_a_one_line_error_saying_what_to_rename(override,
         load_config(VLARunConfig, old)
 
 
-def test_table_batches_equal_batches_built_sample_by_sample(tmp_path, reach_demos):
-    cfg = tiny_config(tmp_path, reach_demos, "policy.cameras=[agentview,wrist]", "policy.chunk=3")
-    dataset = RobotDataset(reach_demos)
-    vla, _ = build_vla(cfg, dataset)
-    samples = FrameSamples(dataset, vla)
-    assert len(samples) == len(dataset)
+def prepared(cfg, demos):
+    """(vla, frames, samples) of a run config on a demonstrations folder, as train_vla makes them."""
+    dataset = RobotDataset(demos)
+    frames = DemoFrames(dataset, cfg.policy.cameras, cfg.task, progress=False)
+    vla, _ = build_vla(cfg, dataset, frames)
+    vla.patch_normalizer = fit_patch_normalizer(frames, vla)
+    return vla, frames, FrameSamples(frames, vla)
+
+
+@pytest.mark.parametrize("head", ["tokens", "l1", "flow"])
+def test_table_batches_equal_batches_built_sample_by_sample(tmp_path, reach_demos, head):
+    cfg = tiny_config(
+        tmp_path, reach_demos, "policy.cameras=[agentview,wrist]", "policy.chunk=3",
+        f"policy.head={head}",
+    )  # fmt: skip
+    vla, frames, samples = prepared(cfg, reach_demos)
+    assert len(samples) == len(RobotDataset(reach_demos))
     rows = [len(samples) - 1, 0, 2]
     got = samples.batch(rows)
-    expected = vla.training_batch(
-        [samples.prefixes[r] for r in rows], samples.action_ids[rows], samples.action_masks[rows]
-    )
+    prefixes, bins, masks, chunks = [], [], [], []
+    for row in rows:
+        episode, frame = int(frames.episode[row]), int(frames.frame[row])
+        observation = {"instruction": frames.instructions[episode], "state": frames.states[row].numpy()}
+        for camera in cfg.policy.cameras:
+            observation[camera] = frames.images[camera][row].numpy()
+        prefixes.append(vla.prefix_segments(observation))
+        start, length = int(frames.starts[episode]), int(frames.lengths[episode])
+        steps = torch.arange(frame, frame + 3)
+        actions = frames.actions[start + steps.clamp(max=length - 1)]
+        bins.append(vla.builder.action_tokenizer.encode(actions.double()).flatten())
+        masks.append((steps < length).repeat_interleave(vla.action_dim))
+        chunks.append(vla.normalize_actions(actions))
+    expected = vla.training_batch(prefixes, torch.stack(bins), torch.stack(masks))
     for name in (
         "input_ids",
         "modality",
@@ -97,18 +123,39 @@ def test_table_batches_equal_batches_built_sample_by_sample(tmp_path, reach_demo
         "attention_mask",
         "targets",
     ):
-        assert torch.equal(getattr(got, name), getattr(expected, name)), name
-    assert got.features.keys() == expected.features.keys() == {"image", "state"}
-    for key in got.features:
-        assert torch.equal(got.features[key], expected.features[key]), key
-    # The last frame of an episode predicts one real action; the rest of its chunk is masked.
-    assert int((got.targets[0] != -100).sum()) == 7
-    assert int((got.targets[1] != -100).sum()) == 21
+        assert torch.equal(getattr(got.tokens, name), getattr(expected, name)), name
+    assert got.tokens.features.keys() == expected.features.keys() == {"image", "state"}
+    for key in got.tokens.features:
+        assert torch.allclose(got.tokens.features[key], expected.features[key], atol=1e-5), key
+    if head == "tokens":
+        # The last frame of an episode predicts one real action; the rest of its chunk is masked.
+        assert int((got.tokens.targets[0] != -100).sum()) == 7
+        assert int((got.tokens.targets[1] != -100).sum()) == 21
+    else:
+        assert torch.equal(got.actions, torch.stack(chunks))
+        assert got.mask[0].tolist() == [True, False, False] and got.mask[1].all()
+        # the chunk's positions attend to each other both ways, the prefix never sees them
+        action = got.tokens.modality[1] == int(Modality.ACTION)
+        block = got.tokens.attention_mask[1][action][:, action]
+        assert block.all() and not got.tokens.attention_mask[1][~action][:, action].any()
+
+
+def test_frames_are_cached_beside_the_demonstrations_and_reloaded_identically(reach_demos):
+    dataset = RobotDataset(reach_demos)
+    first = DemoFrames(dataset, ["agentview"], "reach", progress=False)
+    cache = frames_cache_path(dataset, ["agentview"])
+    assert cache.is_file() and cache.parent == reach_demos / ".cache"
+    mtime = cache.stat().st_mtime_ns
+    second = DemoFrames(dataset, ["agentview"], "reach", progress=False)
+    assert cache.stat().st_mtime_ns == mtime  # read, not rewritten
+    assert torch.equal(first.images["agentview"], second.images["agentview"])
+    assert torch.equal(first.actions, second.actions) and first.tasks == second.tasks
+    assert frames_cache_path(dataset, ["agentview", "wrist"]) != cache
 
 
 def test_frozen_mode_trains_everything_but_the_backbone(tmp_path, reach_demos):
     cfg = tiny_config(tmp_path, reach_demos, "adaptation.mode=frozen")
-    vla, _ = build_vla(cfg, RobotDataset(reach_demos))
+    vla, _, _ = prepared(cfg, reach_demos)
     adapt(vla, cfg.adaptation)
     for name, param in vla.named_parameters():
         assert param.requires_grad == (".backbone." not in f".{name}")
