@@ -1,10 +1,14 @@
-"""VLA policy speed on CPU: actions per second with and without the KV cache, and with chunks.
+"""VLA policy speed on CPU: actions per second of each action head, with and without the KV
+cache, at several chunk sizes.
 
     python -m benchmarks.policy                       # quickstart-sized model, random weights
+    python -m benchmarks.policy --heads tokens,l1,flow --chunks 4,8
     python -m benchmarks.policy --policy runs/quickstart --seconds 5
 
-Each setting serves actions through `VLAPolicy.act` (the evaluation path) on fixed observations;
-a chunk of k actions costs one prefill plus k*7 decoded tokens and is executed whole.
+Each setting serves actions through `VLAPolicy.act` (the evaluation path) on fixed observations
+at batch 1 after warm-up (docs/eval.md, "Control frequency"); every chunk is executed whole. A
+chunk of k actions costs one prefill plus k*7 decoded tokens with the `tokens` head, one forward
+pass with `l1`, and `flow_steps` forward passes with `flow`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STATE_DIM = 14
+STATE_DIM = 16
 
 
-def quickstart_vla(chunk: int):
+def quickstart_vla(chunk: int, head: str = "tokens", flow_steps: int = 10):
     """The quickstart's VLA (configs/quickstart.yaml: conv stem, FiLM, both cameras), random weights."""
     from dataclasses import replace
 
@@ -45,7 +49,10 @@ def quickstart_vla(chunk: int):
         "state": StateNormalizer().fit(torch.randn(256, STATE_DIM, generator=generator)),
     }
     model, builder = create_model_and_builder(config, tokenizers)
-    policy = replace(cfg.policy, chunk=chunk, execute=chunk, normalize_patches=False)
+    policy = replace(
+        cfg.policy, chunk=chunk, execute=chunk, normalize_patches=False, head=head,
+        flow_steps=flow_steps,
+    )  # fmt: skip
     return VLA(model, builder, policy).eval()
 
 
@@ -83,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run directory of a trained VLA (default: random quickstart-sized model)",
     )
     parser.add_argument("--chunks", default="1,4", help="comma-separated chunk sizes")
+    parser.add_argument("--heads", default="tokens", help="comma-separated heads: tokens,l1,flow")
+    parser.add_argument("--flow-steps", type=int, default=10, help="Euler steps of the flow head")
     parser.add_argument("--seconds", type=float, default=4.0, help="timing window per setting")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per setting")
@@ -92,35 +101,51 @@ def main(argv: list[str] | None = None) -> int:
     from fmmm.policies.vla import VLA
 
     chunks = [int(c) for c in args.chunks.split(",")]
-    vlas = {
-        c: VLA.load(args.policy, chunk=c, execute=c) if args.policy else quickstart_vla(c)
-        for c in chunks
-    }
-    settings = [(c, cache) for c in chunks for cache in (True, False)]
-    rates: dict[tuple[int, bool], list[float]] = {s: [] for s in settings}
+    heads = [h.strip() for h in args.heads.split(",")]
+    settings = [(c, "tokens", cache) for c in chunks for cache in (True, False) if "tokens" in heads]
+    settings += [(c, h, False) for c in chunks for h in heads if h != "tokens"]
+    vlas = {}
+    for chunk, head, _ in settings:
+        if (chunk, head) not in vlas:
+            vlas[chunk, head] = (
+                VLA.load(args.policy, chunk=chunk, execute=chunk)
+                if args.policy
+                else quickstart_vla(chunk, head, args.flow_steps)
+            )
+    rates: dict[tuple[int, str, bool], list[float]] = {s: [] for s in settings}
     for _ in range(args.repeats):  # interleaved, so machine load hits every setting alike
-        for chunk, use_cache in settings:
-            rates[chunk, use_cache].append(actions_per_second(vlas[chunk], use_cache, args.seconds))
-    base = (chunks[0], False)
+        for chunk, head, use_cache in settings:
+            rate = actions_per_second(vlas[chunk, head], use_cache, args.seconds)
+            rates[chunk, head, use_cache].append(rate)
+    base = settings[0]
     rows = []
-    for chunk, use_cache in settings:
-        ratios = [a / b for a, b in zip(rates[chunk, use_cache], rates[base])]
-        rows.append({"chunk": chunk, "kv_cache": use_cache,
-                     "actions_per_second": float(np.median(rates[chunk, use_cache])),
-                     "ratio_min_median_max": [min(ratios), float(np.median(ratios)), max(ratios)]})  # fmt: skip
+    for chunk, head, use_cache in settings:
+        # against the first setting, and against the tokens head with the cache at this chunk
+        peer = (chunk, "tokens", True) if (chunk, "tokens", True) in rates else base
+        ratios = [a / b for a, b in zip(rates[chunk, head, use_cache], rates[base])]
+        versus = [a / b for a, b in zip(rates[chunk, head, use_cache], rates[peer])]
+        rows.append({"chunk": chunk, "head": head, "kv_cache": use_cache,
+                     "forward_passes_per_chunk": vlas[chunk, head].forward_passes_per_chunk,
+                     "actions_per_second": float(np.median(rates[chunk, head, use_cache])),
+                     "ratio_min_median_max": [min(ratios), float(np.median(ratios)), max(ratios)],
+                     "vs_tokens_cached_median": float(np.median(versus))})  # fmt: skip
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"\n{args.repeats} interleaved rounds of {args.seconds:g} s, {args.threads} thread(s), load {load}"
     )
+    first = f"chunk {base[0]} {base[1]}" + (" with cache" if base[2] else "")
     print(
-        f"| chunk | KV cache | actions/s (median) | vs chunk {chunks[0]} without cache (min / median / max) |"
+        f"| chunk | head | KV cache | forward passes per chunk | actions/s (median) | vs {first} "
+        "(min / median / max) | vs tokens with cache, same chunk (median) |"
     )
-    print("| --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         low, mid, high = r["ratio_min_median_max"]
-        cache = "yes" if r["kv_cache"] else "no"
+        cache = "yes" if r["kv_cache"] else ("no" if r["head"] == "tokens" else "-")
         print(
-            f"| {r['chunk']} | {cache} | {r['actions_per_second']:.1f} | {low:.2f} / {mid:.2f} / {high:.2f}x |"
+            f"| {r['chunk']} | {r['head']} | {cache} | {r['forward_passes_per_chunk']} | "
+            f"{r['actions_per_second']:.1f} | {low:.2f} / {mid:.2f} / {high:.2f}x | "
+            f"{r['vs_tokens_cached_median']:.2f}x |"
         )
     if args.json:
         from fmmm.utils.io import atomic_write_json

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from fmmm.datasets import robot
-from fmmm.utils.io import atomic_write_json
+from fmmm.utils.cli import run_main
+from fmmm.utils.io import atomic_dir, atomic_write_json, check_output_dir
 
 _worker: dict[str, Any] = {}
 
@@ -249,7 +250,8 @@ def collect(
         if done_run == wanted and info["total_episodes"] == episodes:
             return info
         raise ValueError(
-            f"{out} already holds a finished dataset with other settings; pick another --out"
+            f"{out} already holds a finished dataset with other settings; pick another --out "
+            "(or pass --overwrite to replace it)"
         )
     staging = out / ".staging"
     run = _staged_run(out, wanted)
@@ -306,7 +308,8 @@ def collect_suite(
         if done_run == wanted and info["total_episodes"] == episodes * len(tasks):
             return info
         raise ValueError(
-            f"{out} already holds a finished dataset with other settings; pick another --out"
+            f"{out} already holds a finished dataset with other settings; pick another --out "
+            "(or pass --overwrite to replace it)"
         )
     parts = []
     for task in tasks:
@@ -377,27 +380,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--noise", type=float, default=0.0, help="DART action noise std (clean actions recorded)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out (in one rename, once the new dataset is complete)",
+    )
     args = parser.parse_args(argv)
-    try:
-        info = collect(
-            args.task,
-            args.episodes,
-            args.out,
-            args.seed,
-            args.workers,
-            args.keep_failures,
-            args.max_attempts,
-            noise=args.noise,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    # an earlier collection (finished, or staged to resume) is this command's own folder
+    own = (".staging", ".tasks", "meta/info.json")
+    out = check_output_dir(args.out, overwrite=args.overwrite, own_markers=own)
+    settings = (args.seed, args.workers, args.keep_failures, args.max_attempts)
+    if args.overwrite and out.is_dir() and any(out.iterdir()):
+        with atomic_dir(out) as tmp:
+            info = collect(args.task, args.episodes, tmp, *settings, noise=args.noise)
+    else:
+        info = collect(args.task, args.episodes, out, *settings, noise=args.noise)
     attempts = info["collection"]["attempts"]
     print(
         f"{args.out}: {info['total_episodes']} episodes, {info['total_frames']} frames "
         f"({attempts} attempts)"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# attribute of a loaded config: {dotted key: "${oc.env:...}" as written} for the keys it resolved
+ENV_INTERPOLATIONS = "_env_interpolations"
 
 
 class ConfigError(ValueError):
@@ -65,8 +67,9 @@ def load_config(
     if path is not None:
         path = Path(path)
         loaded = read_yaml(path)
-        if isinstance(loaded, DictConfig):
-            _refuse_renamed(flatten(OmegaConf.to_container(loaded, resolve=False)), schema, path)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: a config is a mapping of keys to values, not a list")
+        _refuse_renamed(flatten(OmegaConf.to_container(loaded, resolve=False)), schema, path)
         try:
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as exc:
@@ -80,11 +83,33 @@ def load_config(
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override {item!r}: {_one_line(exc)}") from None
     try:
-        return OmegaConf.to_object(merged)
+        _refuse_non_finite(merged)
+        cfg = OmegaConf.to_object(merged)
+        env = {
+            key: value
+            for key, value in flatten(OmegaConf.to_container(merged, resolve=False)).items()
+            if isinstance(value, str) and "${oc.env:" in value
+        }
+        if env:  # saved configs write these as given, never the values (tokens, private paths)
+            object.__setattr__(cfg, ENV_INTERPOLATIONS, env)
+        return cfg
+    except ConfigError:
+        raise
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid value: {_one_line(exc)}") from None
+
+
+def _refuse_non_finite(merged: Any) -> None:
+    """No config value is meant to be NaN or infinite (`lr: inf` would fail much later)."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    for key, value in flatten(OmegaConf.to_container(merged, resolve=True)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -111,21 +136,39 @@ def migrate(tree: dict, schema: type) -> dict[str, Any]:
     return {renamed.get(key, key): value for key, value in flatten(tree).items()}
 
 
-def config_to_dict(cfg: Any) -> dict:
-    """Plain-dict view of a config dataclass (for JSON/YAML output)."""
+def _with_env_unresolved(cfg: Any) -> Any:
+    """`cfg` as an OmegaConf node whose `${oc.env:...}` keys hold the interpolation again."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    node = OmegaConf.structured(cfg)
+    for key, text in getattr(cfg, ENV_INTERPOLATIONS, {}).items():
+        OmegaConf.update(node, key, text, merge=False)
+    return node
+
+
+def config_to_dict(cfg: Any, resolve_env: bool = True) -> dict:
+    """Plain-dict view of a config dataclass (for JSON/YAML output).
+
+    `resolve_env=False` keeps `${oc.env:...}` interpolations of a loaded config as written (for
+    what is saved to disk).
+    """
+    from omegaconf import OmegaConf
+
+    if resolve_env:
+        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return OmegaConf.to_container(_with_env_unresolved(cfg), resolve=False)
 
 
 def config_to_yaml(cfg: Any) -> str:
+    """YAML of a config dataclass, `${oc.env:...}` interpolations as written, not their values."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return OmegaConf.to_yaml(_with_env_unresolved(cfg))
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically (every run does this beside its outputs)."""
+    """Write the config as YAML, atomically (every run does this beside its outputs); values from
+    the environment stay `${oc.env:...}` interpolations."""
     from fmmm.utils.io import atomic_write_text
 
     atomic_write_text(path, config_to_yaml(cfg))

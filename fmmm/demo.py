@@ -9,6 +9,8 @@ import argparse
 import math
 import sys
 
+from fmmm.utils.cli import run_main
+
 DEFAULT_SENTENCE = "Pick up the red cube and place it in the blue bowl."
 
 
@@ -113,12 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        run_demo(args.sentence, args.image_size, args.patch_size, args.seed)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: run_demo(args.sentence, args.image_size, args.patch_size, args.seed))
 
 
 if __name__ == "__main__":

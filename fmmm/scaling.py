@@ -19,6 +19,8 @@ import math
 import sys
 from dataclasses import dataclass
 
+from fmmm.utils.cli import run_main
+
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 
@@ -487,6 +489,20 @@ def preset_table() -> str:
     return "\n".join(rows)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse numbers that cannot be meant (`--seq-len 0`, `--flops inf`) before any work."""
+    from fmmm.models.backbone import LIMITS
+
+    if args.gpu_memory is not None and not 0 < args.gpu_memory < float("inf"):
+        raise ValueError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
+    if args.seq_len is not None and not 1 <= args.seq_len <= LIMITS["max_seq_len"]:
+        raise ValueError(f"--seq-len must be in [1, {LIMITS['max_seq_len']}], got {args.seq_len}")
+    if not 1 <= args.batch_size <= 2**20:
+        raise ValueError(f"--batch-size must be in [1, {2**20}], got {args.batch_size}")
+    if args.flops is not None and not 0 < args.flops < float("inf"):
+        raise ValueError(f"--flops must be a positive, finite FLOP budget, got {args.flops}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fmmm.scaling", description=__doc__.splitlines()[0]
@@ -503,66 +519,56 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpu-memory", type=float, default=None, help="GiB per GPU: say what fits")
     args = parser.parse_args(argv)
-    from fmmm.config import ConfigError
+    return run_main(lambda: _main(args))
 
-    try:
-        if args.preset and args.config:
-            raise ValueError("give either a config file or --preset, not both")
-        if args.gpus is not None and args.gpus < 1:
-            raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
-        if args.gpu_memory is not None and not 0 < args.gpu_memory < float("inf"):
-            raise ValueError(
-                f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}"
-            )
-        if args.preset:
-            print(f"preset {args.preset}")
-            print(
-                report(
-                    PRESETS[args.preset],
-                    None,
-                    args.seq_len,
-                    args.batch_size,
-                    args.precision,
-                    args.flops,
-                    args.gpus,
-                    args.gpu_memory,
-                )
-            )
-        elif args.config:
-            from fmmm.config import load_config
-            from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
 
-            config = load_config(MultimodalConfig, args.config, args.overrides)
-            exact = meta_parameter_count(lambda: MultimodalModel(config))
-            shape = shape_of(
-                config.backbone, config.vocab_size, config.tie_embeddings, args.seq_len
+def _main(args: argparse.Namespace) -> None:
+    if args.preset and args.config:
+        raise ValueError("give either a config file or --preset, not both")
+    if args.gpus is not None and args.gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    check_arguments(args)
+    if args.preset:
+        print(f"preset {args.preset}")
+        print(
+            report(
+                PRESETS[args.preset],
+                None,
+                args.seq_len,
+                args.batch_size,
+                args.precision,
+                args.flops,
+                args.gpus,
+                args.gpu_memory,
             )
-            print(
-                f"config {args.config} (MultimodalModel; backbone + vocabulary: {shape.parameters():,})"
+        )
+    elif args.config:
+        from fmmm.config import load_config
+        from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
+
+        config = load_config(MultimodalConfig, args.config, args.overrides)
+        exact = meta_parameter_count(lambda: MultimodalModel(config))
+        shape = shape_of(config.backbone, config.vocab_size, config.tie_embeddings, args.seq_len)
+        print(
+            f"config {args.config} (MultimodalModel; backbone + vocabulary: {shape.parameters():,})"
+        )
+        print(
+            report(
+                shape,
+                exact,
+                args.seq_len,
+                args.batch_size,
+                args.precision,
+                args.flops,
+                args.gpus,
+                args.gpu_memory,
             )
-            print(
-                report(
-                    shape,
-                    exact,
-                    args.seq_len,
-                    args.batch_size,
-                    args.precision,
-                    args.flops,
-                    args.gpus,
-                    args.gpu_memory,
-                )
-            )
-        else:
-            print(preset_table())
-            if args.flops is not None:
-                for name, entry in compute_optimal(args.flops).items():
-                    print(
-                        f"{name}: N = {_human(entry['parameters'])}, D = {_human(entry['tokens'])}"
-                    )
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        )
+    else:
+        print(preset_table())
+        if args.flops is not None:
+            for name, entry in compute_optimal(args.flops).items():
+                print(f"{name}: N = {_human(entry['parameters'])}, D = {_human(entry['tokens'])}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from fmmm.utils.cli import run_main
+
 COMMANDS = {
     "stats": ("StatsConfig", "fmmm.data.mixture", "stats"),
     "dedup": ("DedupConfig", "fmmm.data.dedup", "dedup"),
@@ -25,29 +27,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-i", "--input", action="append", required=True, help="shards or folders")
     parser.add_argument("-o", "--output", help="output folder (optional for stats)")
     parser.add_argument("settings", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty output folder that holds no earlier fmmm.data output",
+    )
     args = parser.parse_intermixed_args(argv)
+    return run_main(lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> None:
     import importlib
 
     from fmmm import config as config_module
     from fmmm.data import config as schemas
+    from fmmm.utils.io import check_output_dir
 
     schema_name, module_name, function_name = COMMANDS[args.command]
-    try:
-        path, overrides = config_module.split_cli(args.settings)
-        config = config_module.load_config(getattr(schemas, schema_name), path, overrides)
-        if args.output is None and args.command != "stats":
-            raise ValueError(f"{args.command} needs an output folder: -o DIR")
-        function = getattr(importlib.import_module(module_name), function_name)
-        report = function(args.input, args.output, config)
-    except ValueError as exc:  # ConfigError, ShardError and bad input are ValueErrors
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    path, overrides = config_module.split_cli(args.settings)
+    config = config_module.load_config(getattr(schemas, schema_name), path, overrides)
+    if args.output is None and args.command != "stats":
+        raise ValueError(f"{args.command} needs an output folder: -o DIR")
+    if args.output is not None:  # an earlier run's work folder or report: a re-run resumes it
+        check_output_dir(
+            args.output, overwrite=args.overwrite, own_markers=(".work", "report.json")
+        )
+    function = getattr(importlib.import_module(module_name), function_name)
+    report = function(args.input, args.output, config)
     if "summary" in report:
         print(report["summary"], end="")
     else:
         print(json.dumps(report, indent=2, sort_keys=True))
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +122,31 @@ def list_units(inputs: Sequence[str], output: str | os.PathLike) -> list[Unit]:
     ]
 
 
+def remove_partial_files(output: str | os.PathLike) -> list[Path]:
+    """Delete the hidden `.<name>.<random>.tmp` files and folders that a killed run left in
+    `output` (its top level, `shards/` and `.work/`); return what was removed. Every file a run
+    writes goes through such a temporary, so none of them is a finished result."""
+    output = Path(output)
+    found = list(output.glob(".*.tmp"))
+    for folder in (output / "shards", output / ".work"):
+        if folder.is_dir():
+            found += folder.rglob(".*.tmp")
+    removed = []
+    for path in sorted(found, key=lambda p: len(p.parts)):
+        if not path.exists():
+            continue  # inside a temporary folder removed just before
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed
+
+
 def work_folder(output: str | os.PathLike, command: str, config: dict, units: list[Unit]) -> Path:
-    """The run's work folder, named by a fingerprint of command, config and inputs."""
+    """The run's work folder, named by a fingerprint of command, config and inputs. A run starts
+    here, so the partial files of an earlier, killed run are removed first."""
+    remove_partial_files(output)
     inputs = []
     for unit in units:
         stat = os.stat(unit.path)

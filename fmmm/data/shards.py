@@ -12,7 +12,10 @@ A sample is a plain dict, the same for every format:
 `position` is the byte offset of the sample's first tar member, or the 1-based line number in a
 JSONL file. Readers stream (one sample in memory at a time) and report bad data as `ShardError`
 naming the file and position: `iter_samples(path, on_error=errors.append)` records the error,
-skips the bad sample (or the rest of a truncated tar) and goes on.
+skips the bad sample (or the rest of a truncated tar) and goes on. Bad data includes a JSONL line
+longer than `MAX_LINE_BYTES`, a tar member larger than `MAX_MEMBER_BYTES` and a member name that
+is not a safe relative path (absolute, `..`, empty parts): readers never hold more than one
+bounded record in memory, and an unsafe name never reaches a written shard.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ VIDEO_EXTS = ("mp4", "webm", "avi", "npy")
 TEXT_EXTS = ("txt", "text", "caption")
 SHARD_SUFFIXES = (".tar", ".jsonl")
 PAYLOADS = ("image", "audio", "video")
+# Record bounds: a text record this long is already ~1M tokens, far past any context; a member this
+# large is a long video. Past them a reader reports the record instead of loading it.
+MAX_LINE_BYTES = 8 * 2**20
+MAX_MEMBER_BYTES = 256 * 2**20
+_KEY_PATTERN = re.compile(r"^[^.\s][^.]*$")  # a webdataset key: no dots, no leading space
 
 Sample = dict[str, Any]
 
@@ -117,9 +125,33 @@ def report_error(error: ShardError, on_error: Callable[[ShardError], None] | Non
     on_error(error)
 
 
+def _read_line(f: io.BufferedReader, path: Path, line_number: int) -> bytes:
+    """The next line of `f` (b"" at the end); a line past `MAX_LINE_BYTES` is skipped to its end
+    and raises `ShardError`, so a huge record costs no more memory than the bound."""
+    raw = f.readline(MAX_LINE_BYTES + 1)
+    if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+        return raw
+    size = len(raw)
+    while raw and not raw.endswith(b"\n"):
+        raw = f.readline(2**20)
+        size += len(raw)
+    raise ShardError(
+        path, line_number, f"line of {size} bytes is longer than the limit of {MAX_LINE_BYTES}"
+    )
+
+
 def _iter_jsonl(path: Path, on_error: Callable[[ShardError], None] | None) -> Iterator[Sample]:
     with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
+        line_number = 0
+        while True:
+            line_number += 1
+            try:
+                raw = _read_line(f, path, line_number)
+            except ShardError as error:
+                report_error(error, on_error)
+                continue
+            if not raw:
+                break
             if not raw.strip():
                 continue
             try:
@@ -142,9 +174,36 @@ def text_sample(record: dict[str, Any], path: Path, position: int, key: Any) -> 
     return make_sample(str(key), record["text"], json_meta=record, source=path, position=position)
 
 
+def unsafe_member_name(name: str) -> str | None:
+    """Why a tar member name is not a safe relative path (None when it is): absolute names,
+    `..` or `.` parts, empty parts, backslashes and control characters could escape or confuse
+    the folder a shard is unpacked into."""
+    name = _relative(name)
+    if not name:
+        return "empty name"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "backslash or control character"
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "'.', '..' or empty path part"
+    key, _ = _split_member_name(name)
+    if not _KEY_PATTERN.match(key):
+        return f"sample key {key!r} is empty, starts with a space or holds a '.'"
+    return None
+
+
+def _relative(name: str) -> str:
+    # `tar -C folder .` writes members as ./name: the same name
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def _split_member_name(name: str) -> tuple[str, str]:
     # webdataset convention: the key is everything before the first dot of the basename.
-    folder, _, base = name.rpartition("/")
+    folder, _, base = _relative(name).rpartition("/")
     stem, _, ext = base.partition(".")
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
@@ -188,32 +247,39 @@ def _iter_tar(path: Path, on_error: Callable[[ShardError], None] | None) -> Iter
             report_error(ShardError(path, 0, f"not a readable tar: {exc}"), on_error)
             return
         key, members, position = None, {}, 0
+        bad: ShardError | None = None  # the current sample's first bad member, if any
         while True:
             offset = tar.offset
             try:
                 info = tar.next()
                 if info is None:
                     break
-                data = tar.extractfile(info).read() if info.isfile() else None
+                problem = _member_problem(info)
+                data = None
+                if info.isfile() and problem is None:
+                    data = tar.extractfile(info).read()
             except (tarfile.TarError, EOFError, OSError) as exc:
                 report_error(ShardError(path, offset, f"truncated or corrupt tar: {exc}"), on_error)
                 return
             # Keep the member list from growing with the shard: we never look back.
             tar.members.clear()
-            if data is None:
+            if data is None and problem is None:
                 continue
             member_key, ext = _split_member_name(info.name)
             if member_key != key:
                 if key is not None:
-                    yield from _emit(key, members, path, position, on_error)
-                key, members, position = member_key, {}, info.offset
-            members[ext] = data
+                    yield from _emit(key, members, path, position, on_error, bad)
+                key, members, position, bad = member_key, {}, info.offset, None
+            if problem is not None:
+                bad = bad or ShardError(path, info.offset, f"member {info.name!r}: {problem}")
+            else:
+                members[ext] = data
         # tarfile stops silently at a cut header; a complete tar ends with a zero block.
         f.seek(tar.offset)
         end = f.read(tarfile.BLOCKSIZE)
         complete = len(end) == tarfile.BLOCKSIZE and not end.strip(b"\0")
         if key is not None and complete:
-            yield from _emit(key, members, path, position, on_error)
+            yield from _emit(key, members, path, position, on_error, bad)
         if not complete:
             where = position if key is not None else min(tar.offset, size)
             report_error(
@@ -221,9 +287,31 @@ def _iter_tar(path: Path, on_error: Callable[[ShardError], None] | None) -> Iter
             )
 
 
+def _member_problem(info: tarfile.TarInfo) -> str | None:
+    """Why a file member cannot be read into a sample (None when it can or is no file)."""
+    if not info.isfile():
+        return None
+    unsafe = unsafe_member_name(info.name)
+    if unsafe is not None:
+        return f"unsafe or invalid name: {unsafe}"
+    if info.size > MAX_MEMBER_BYTES:
+        return f"{info.size} bytes is larger than the limit of {MAX_MEMBER_BYTES}"
+    return None
+
+
 def _emit(
-    key: str, members: dict[str, bytes], path: Path, position: int, on_error: Callable | None
+    key: str,
+    members: dict[str, bytes],
+    path: Path,
+    position: int,
+    on_error: Callable | None,
+    bad: ShardError | None = None,
 ) -> Iterator[Sample]:
+    # a sample with one bad member is skipped whole: its other members alone would be a different,
+    # silently incomplete sample
+    if bad is not None:
+        report_error(bad, on_error)
+        return
     try:
         yield _sample_from_members(key, members, path, position)
     except ShardError as error:
@@ -258,7 +346,7 @@ class ShardDataset:
         with open(path, "rb") as f:
             f.seek(offset)
             if path.suffix == ".jsonl":
-                record = json.loads(f.readline())
+                record = json.loads(f.readline(MAX_LINE_BYTES + 1))
                 return text_sample(record, path, offset, record.get("id", f"{path.stem}:{index}"))
             return _read_tar_sample(f, path, offset)
 
@@ -276,7 +364,7 @@ def _read_tar_sample(f: io.BufferedReader, path: Path, offset: int) -> Sample:
     tar = tarfile.open(fileobj=f, mode="r:")
     key, members = None, {}
     for info in tar:
-        if not info.isfile():
+        if not info.isfile() or _member_problem(info) is not None:
             continue
         member_key, ext = _split_member_name(info.name)
         if key is not None and member_key != key:
@@ -431,9 +519,6 @@ def make_sample(
         "source": str(source),
         "position": position,
     }
-
-
-_KEY_PATTERN = re.compile(r"^[^.\s][^.]*$")
 
 
 class ShardWriter:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fmmm.datasets import robot
-from fmmm.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from fmmm.utils.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -412,6 +412,7 @@ def export_lerobot(
     version: str = CODEBASE_VERSION,
     data_files_size_in_mb: float = 100,
     video_files_size_in_mb: float = 200,
+    overwrite: bool = False,
 ) -> Path:
     """Write the fmmm dataset at `source` as a LeRobot dataset folder `destination`.
 
@@ -419,10 +420,13 @@ def export_lerobot(
         version: "v3.0" (LeRobot 0.4 and later) or "v2.1" (earlier LeRobot).
         data_files_size_in_mb, video_files_size_in_mb: v3.0 starts the next data or video file
             once one reaches this size (LeRobot's defaults).
+        overwrite: replace a non-empty `destination` (in one rename, once the new one is
+            complete); without it such a destination is refused.
     """
     if version not in VERSIONS:
         raise ValueError(f"unknown LeRobot version {version!r}; expected one of {VERSIONS}")
     dataset = robot.RobotDataset(source)
+    check_output_dir(destination, overwrite=overwrite, sources=(source,))
     fps = round(dataset.fps)
     if fps != dataset.fps:
         raise ValueError(f"LeRobot datasets have an integer fps; {source} has {dataset.fps}")
@@ -609,15 +613,19 @@ class _Source:
             video.close()
 
 
-def import_lerobot(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+def import_lerobot(
+    source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Convert the LeRobot v2.x or v3.x dataset folder `source` into an fmmm dataset at `destination`.
 
-    Feature names (LeRobot's per-dimension `names`) and episode metadata are kept.
+    Feature names (LeRobot's per-dimension `names`) and episode metadata are kept. A non-empty
+    `destination` is refused unless `overwrite` (then replaced in one rename once complete).
     """
     from fmmm.utils.progress import progress
 
     source = Path(source)
     info = _read_info(source)
+    check_output_dir(destination, overwrite=overwrite, sources=(source,))
     dataset = _Source(source, info)
 
     def episodes() -> Iterator[tuple[robot.Episode, dict[str, Any]]]:

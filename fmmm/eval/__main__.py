@@ -1,4 +1,11 @@
-"""`python -m fmmm.eval --policy {scripted,random,PATH} --task NAME|all --episodes N ...`"""
+"""`python -m fmmm.eval --policy {scripted,random,PATH} --task NAME|all --episodes N ...`
+
+`--compare RUN_A RUN_B` runs both policies on the same episodes and reports per task the
+difference in success with its 95% interval and an exact McNemar test. Episodes come from the test
+split unless `--split val` (for choosing checkpoints and settings). Every run states its control
+rate: actions per second at batch 1 after warm-up, with the chunk size and forward passes per
+action when the policy gives them (docs/eval.md).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,31 @@ import argparse
 import sys
 from pathlib import Path
 
+from fmmm.utils.cli import report, run_main
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fmmm.eval", description=__doc__)
-    parser.add_argument("--policy", required=True, help="scripted, random, or a run directory")
+    parser = argparse.ArgumentParser(
+        prog="python -m fmmm.eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    policies = parser.add_mutually_exclusive_group(required=True)
+    policies.add_argument("--policy", help="scripted, random, or a run directory")
+    policies.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="paired comparison of two policies (scripted, random or run directories) on the same "
+        "episodes; --out gets compare.json",
+    )
+    parser.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="episode seeds: test (reported numbers) or val (choosing checkpoints and settings); "
+        "disjoint from each other and from the training seeds",
+    )
     parser.add_argument(
         "--task", default="all", help="task name, 'all', a suite (metaworld:mt10) or a comma list"
     )
@@ -19,13 +47,27 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="folder for results.json, eval_info.json, videos"
     )
     parser.add_argument("--video", action="store_true", help="write one mp4 per episode to --out")
-    parser.add_argument("--num-envs", type=int, default=1, help="parallel environments (processes)")
-    parser.add_argument("--instruction", default=None, help="override the task instruction")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out folder"
+    )
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        help="envs stepped in lockstep by one policy copy (batched inference when the policy "
+        "has act_batch); results do not depend on it",
+    )
+    parser.add_argument(
+        "--instruction",
+        default=None,
+        help="replace the task instruction; {object} and {target} are filled per episode from "
+        "what it names, e.g. 'put the {object} on the {target}'",
+    )
     parser.add_argument(
         "--executor",
         choices=["local", "ray"],
         default="local",
-        help="local processes, or Ray actors (pip install -e '.[ray]') sharing the --num-envs",
+        help="this process, or Ray actors (pip install -e '.[ray]') sharing the --num-envs",
     )
     parser.add_argument(
         "--ray-address", default="", help="--executor ray: an existing cluster; empty: start one"
@@ -34,35 +76,49 @@ def main(argv: list[str] | None = None) -> int:
         "--envs-per-actor", type=int, default=8, help="--executor ray: envs (one model) per actor"
     )
     args = parser.parse_args(argv)
+    return run_main(lambda: _main(args))
 
+
+def _main(args: argparse.Namespace) -> int:
+    from fmmm.eval.compare import compare, format_comparison
     from fmmm.eval.lerobot_format import eval_info
     from fmmm.eval.rollout import evaluate, format_table
-    from fmmm.utils.io import atomic_write_json
+    from fmmm.utils.io import atomic_write_json, check_output_dir
 
     try:
         import fmmm.envs
 
+        if args.out is not None:  # before the evaluation, not after it
+            check_output_dir(args.out, overwrite=args.overwrite)
         if args.video and args.out is None:
             raise ValueError("--video needs --out")
         if args.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {args.seed}")
         tasks = fmmm.envs.expand_tasks(args.task)
         video_dir = args.out / "videos" if args.video else None
-        results = evaluate(
-            args.policy,
-            tasks,
-            args.episodes,
-            args.seed,
-            args.num_envs,
-            video_dir,
-            args.instruction,
+        run_args = dict(
+            base_seed=args.seed,
+            num_envs=args.num_envs,
+            instruction=args.instruction,
             executor=args.executor,
             ray_address=args.ray_address,
             envs_per_actor=args.envs_per_actor,
+            split=args.split,
         )
+        if args.compare:
+            if args.video:
+                raise ValueError("--video does not go with --compare")
+            comparison = compare(*args.compare, tasks, args.episodes, **run_args)
+        else:
+            results = evaluate(args.policy, tasks, args.episodes, video_dir=video_dir, **run_args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
+    if args.compare:
+        print(format_comparison(comparison))
+        if args.out is not None:
+            atomic_write_json(args.out / "compare.json", comparison)
+            print(f"wrote {args.out / 'compare.json'}")
+        return 0
     print(format_table(results))
     if args.out is not None:
         atomic_write_json(args.out / "results.json", results)

@@ -17,6 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+LIMITS = {  # largest accepted value of each size field of `TransformerConfig`
+    "dim": 2**16,
+    "n_layers": 1024,
+    "n_heads": 2**12,
+    "ffn_hidden": 2**20,
+    "ffn_multiple_of": 2**16,
+    "max_seq_len": 2**22,
+}
+
 
 @dataclass
 class TransformerConfig:
@@ -40,12 +49,17 @@ class TransformerConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.dim <= 0:
-            raise ValueError(f"dim must be positive, got {self.dim}")
-        if self.n_layers <= 0:
-            raise ValueError(f"n_layers must be positive, got {self.n_layers}")
-        if self.n_heads <= 0:
-            raise ValueError(f"n_heads must be positive, got {self.n_heads}")
+        # Bounds far past any model trained today: larger values are typos (n_layers=100000000),
+        # refused here before a parameter count or an allocation tries to honour them.
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= limit:
+                raise ValueError(f"{name} must be in [1, {limit}], got {value}")
+        for name in ("norm_eps", "rope_theta", "init_std", "capacity_factor", "moe_aux_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.moe_aux_weight < 0:
+            raise ValueError(f"moe_aux_weight must be >= 0, got {self.moe_aux_weight}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.head_dim % 2:
@@ -53,20 +67,14 @@ class TransformerConfig:
         kv = self.kv_heads
         if kv <= 0 or self.n_heads % kv:
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({kv})")
-        if self.ffn_hidden is not None and self.ffn_hidden <= 0:
-            raise ValueError(f"ffn_hidden must be positive, got {self.ffn_hidden}")
-        if self.ffn_multiple_of <= 0:
-            raise ValueError(f"ffn_multiple_of must be positive, got {self.ffn_multiple_of}")
-        if self.n_experts < 0 or self.n_experts == 1:
-            raise ValueError(f"n_experts must be 0 (dense) or >= 2, got {self.n_experts}")
+        if self.n_experts < 0 or self.n_experts == 1 or self.n_experts > 2**12:
+            raise ValueError(f"n_experts must be 0 (dense) or in [2, 4096], got {self.n_experts}")
         if self.n_experts and not 1 <= self.experts_top_k <= self.n_experts:
             raise ValueError(
                 f"experts_top_k must be in [1, n_experts={self.n_experts}], got {self.experts_top_k}"
             )
         if self.capacity_factor < 0:
             raise ValueError(f"capacity_factor must be >= 0, got {self.capacity_factor}")
-        if self.max_seq_len <= 0:
-            raise ValueError(f"max_seq_len must be positive, got {self.max_seq_len}")
         if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
             raise ValueError("norm_eps, rope_theta and init_std must be positive")
 

@@ -13,6 +13,9 @@ Each encoder is a standalone `nn.Module`:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -202,14 +205,72 @@ class ConvStem(nn.Module):
         return tokens.reshape(-1, tokens.shape[-1])
 
 
+def _cached_file(repo_id: str, filenames: list[str]) -> str | None:
+    """The first of `filenames` of Hub repository `repo_id` in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = os.environ.get("HF_HUB_CACHE")  # read per call, as fmmm.models.hub does
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _missing_weights(name: str, repo_id: str, filename: str) -> ValueError:
+    where = os.environ.get("HF_HUB_CACHE") or "the default Hugging Face cache"
+    return ValueError(
+        f"pretrained weights of {name} are not in {where} and fmmm does not download; "
+        f"fetch them with `hf download {repo_id} {filename}` or set vision_tower_weights to a "
+        "local .safetensors file"
+    )
+
+
+def _pretrained_timm(model_name: str, name: str) -> dict:
+    """timm's `pretrained_cfg_overlay` pointing at the locally cached published weights."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ValueError(f"timm publishes no Hub weights for {name}; set vision_tower_weights")
+    filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
+    filenames = filenames or ["model.safetensors", "pytorch_model.bin"]
+    path = _cached_file(cfg.hf_hub_id, filenames)
+    if path is None:
+        raise _missing_weights(name, cfg.hf_hub_id, filenames[0])
+    return {"file": path, "source": ""}
+
+
+def _pretrained_open_clip(model_name: str, name: str) -> tuple[str, bool]:
+    """(locally cached OpenAI weight file, whether the model uses QuickGELU) for open_clip."""
+    from open_clip import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name, "openai")
+    if not cfg.get("hf_hub"):
+        raise ValueError(f"open_clip publishes no OpenAI Hub weights for {name}")
+    # "org/name/file" or "org/name/" (open_clip's default file name)
+    repo_id, filename = os.path.split(cfg["hf_hub"])
+    filename = filename or "open_clip_pytorch_model.bin"
+    if filename == "open_clip_pytorch_model.bin":
+        safe = ["open_clip_model.safetensors"]
+    elif filename.endswith((".bin", ".pth")):
+        safe = [filename[:-4] + ".safetensors"]
+    else:
+        safe = []
+    path = _cached_file(repo_id, [*safe, filename])
+    if path is None:
+        raise _missing_weights(name, repo_id, (safe or [filename])[0])
+    return path, bool(cfg.get("quick_gelu", False))
+
+
 class VisionTower(nn.Module):
     """A timm or open_clip ViT named "timm:<model>" or "open_clip:<model>" as a patch encoder.
 
     It takes the tokenizer's patches (rows of consecutive images, each flattened (c, y, x)),
     rebuilds the images, runs the tower and projects its patch tokens to width `dim`. The tower's
     patch size must equal the tokenizer's. `weights`: "" random init (tests), "pretrained" the
-    library's published weights (from the local cache, or downloaded by the library), or a path
-    to a checkpoint file for the tower.
+    library's published weights from the local Hugging Face cache (never downloaded: missing
+    weights are an error saying how to fetch them), or a path to a checkpoint file for the tower.
     """
 
     def __init__(self, name: str, dim: int, image_size: int, patch_size: int, weights: str = ""):
@@ -221,11 +282,18 @@ class VisionTower(nn.Module):
             )
         self.name, self.image_size, self.patch_size = name, image_size, patch_size
         self.library = library
+        if weights not in ("", "pretrained") and not Path(weights).is_file():
+            raise ValueError(f"vision tower weights {weights} is not a file")
         if library == "timm":
             import timm
 
+            overlay = _pretrained_timm(model_name, name) if weights == "pretrained" else None
             tower = timm.create_model(
-                model_name, pretrained=weights == "pretrained", num_classes=0, img_size=image_size
+                model_name,
+                pretrained=overlay is not None,
+                pretrained_cfg_overlay=overlay,
+                num_classes=0,
+                img_size=image_size,
             )
             tower_patch = tower.patch_embed.patch_size[0]
             width = tower.num_features
@@ -233,8 +301,14 @@ class VisionTower(nn.Module):
         else:
             import open_clip
 
-            tag = "openai" if weights == "pretrained" else None
-            tower = open_clip.create_model(model_name, pretrained=tag).visual
+            if weights == "pretrained":
+                path, quick_gelu = _pretrained_open_clip(model_name, name)
+                model = open_clip.create_model(
+                    model_name, pretrained=path, force_quick_gelu=quick_gelu
+                )
+            else:
+                model = open_clip.create_model(model_name)
+            tower = model.visual
             tower.output_tokens = True
             tower_patch = tower.patch_size[0]
             if tuple(tower.image_size) != (image_size, image_size):

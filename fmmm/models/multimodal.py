@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,19 +81,24 @@ class MultimodalConfig:
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
             self.backbone = TransformerConfig(**self.backbone)
-        for name in (
-            "text_vocab_size",
-            "image_size",
-            "patch_size",
-            "video_tubelet",
-            "audio_features",
-            "embed_dim",
-            "conv_channels",
+        # Upper bounds far past any model trained today: larger values are typos, refused before
+        # an embedding table or a parameter count tries to honour them.
+        for name, limit in (
+            ("text_vocab_size", 2**24),
+            ("image_size", 2**14),
+            ("patch_size", 2**10),
+            ("video_tubelet", 2**10),
+            ("audio_features", 2**16),
+            ("embed_dim", 2**16),
+            ("conv_channels", 2**12),
         ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.action_bins < 0 or self.state_dim < 0:
-            raise ValueError("action_bins and state_dim must be >= 0")
+            if not 0 < getattr(self, name) <= limit:
+                raise ValueError(f"{name} must be in [1, {limit}], got {getattr(self, name)}")
+        for name, limit in (("action_bins", 2**16), ("state_dim", 2**16)):
+            if not 0 <= getattr(self, name) <= limit:
+                raise ValueError(f"{name} must be in [0, {limit}], got {getattr(self, name)}")
+        if not math.isfinite(self.z_loss_weight):
+            raise ValueError(f"z_loss_weight must be a finite number, got {self.z_loss_weight}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"

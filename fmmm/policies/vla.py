@@ -429,12 +429,41 @@ class VLA(nn.Module):
             if unit.shape != shape:
                 raise ValueError(f"noise must have shape {shape}, got {tuple(unit.shape)}")
             steps = self.config.flow_steps
+            velocity_at = (
+                self._cached_flow(samples, batch) if self.config.use_cache
+                else lambda unit, t: self._head_outputs(batch, unit, t)[0]
+            )  # fmt: skip
             for k in range(steps):
                 t = torch.full((rows,), 1.0 - k / steps)
-                velocity, _ = self._head_outputs(batch, unit, t)
-                unit = unit - velocity / steps
+                unit = unit - velocity_at(unit, t) / steps
         actions = self.unnormalize_actions(unit.clamp(-1.5, 1.5)).clamp(-1.0, 1.0)
         return actions.numpy().astype(np.float32)
+
+    def _cached_flow(self, samples: list[list[Segment]], batch: MultimodalBatch) -> Any:
+        """The flow head's velocity as a function of (noisy chunk, t) that runs only the `chunk`
+        action positions through the backbone, over the prefix's keys and values computed once
+        (the prefix never attends to the actions, so they do not change between Euler steps)."""
+        model = base_model(self.model)
+        prefixes = [sample[:-1] for sample in samples]
+        prefix = self.builder.build(prefixes, max(sum(map(len, p)) for p in prefixes), pack=False)
+        rows, width = prefix.input_ids.shape
+        chunk = self.config.chunk
+        cache = model.new_cache(rows, width + chunk)
+        model.backbone(model.embed_batch(prefix), prefix.positions, prefix.attention_mask, cache)
+        where = batch.modality == int(Modality.ACTION)
+        positions = batch.positions[where].view(rows, chunk, 3)
+        ids = batch.input_ids[where].view(rows, chunk)
+        base = model.embed(ids) + model.modality_embed.weight[int(Modality.ACTION)]
+        keys = (prefix.sample_ids > 0)[:, None, :].expand(rows, chunk, width)
+        mask = torch.cat([keys, torch.ones(rows, chunk, chunk, dtype=torch.bool)], dim=-1)
+
+        def velocity(unit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x = base + self.action_head.inputs(rows, unit, t).to(base.dtype)
+            hidden, _ = model.backbone(x, positions, mask, cache)
+            cache.length = width  # drop this step's keys: the next step overwrites them
+            return self.action_head(hidden)
+
+        return velocity
 
     def _greedy(self, logits: torch.Tensor) -> int:
         """Argmax over the action bins of (1, V) logits."""

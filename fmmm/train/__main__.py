@@ -1,24 +1,35 @@
-"""`python -m fmmm.train CONFIG [key=value ...]` (also under `accelerate launch` / `torchrun`)."""
+"""`python -m fmmm.train CONFIG [key=value ...]` (also under `accelerate launch` / `torchrun`).
+
+CONFIG is a run recipe (configs/*/*.yaml) whose `kind` picks the recipe; key=value override it.
+The run writes into its `out_dir` and resumes from the newest valid checkpoint found there.
+"""
 
 from __future__ import annotations
 
 import sys
 
 from fmmm.config import ConfigError, split_cli
+from fmmm.utils.cli import run_main
+
+USAGE = "usage: python -m fmmm.train CONFIG [key=value ...]"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the training described by a config; print `error: ...` and return 2 on bad input."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(USAGE + "\n" + __doc__.split("\n", 1)[1], end="")
+        return 0
+    return run_main(lambda: _train(argv))
+
+
+def _train(argv: list[str]) -> int:
     from fmmm.train.runners import run
 
-    try:
-        path, overrides = split_cli(sys.argv[1:] if argv is None else argv)
-        if path is None:
-            raise ConfigError("usage: python -m fmmm.train CONFIG [key=value ...]")
-        result = run(path, overrides)
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    path, overrides = split_cli(argv)
+    if path is None:
+        raise ConfigError(USAGE)
+    result = run(path, overrides)
     return 0 if getattr(result, "status", "completed") in ("completed", "preempted") else 1
 
 

@@ -172,7 +172,7 @@ def save_checkpoint(
         _write_json(tmp / "optimizer.json", opt_meta)
         _write_common(tmp, step, scheduler, scaler, trainer_state, rng_states)
         _write_manifest(tmp, step, "full", list(_REQUIRED))
-    _prune(root, keep)
+    _prune(root, keep, target)
     return target
 
 
@@ -200,10 +200,42 @@ def _write_manifest(tmp: Path, step: int, layout: str, names: list[str]) -> None
     _write_json(tmp / MANIFEST, manifest)
 
 
-def _prune(root: Path, keep: int) -> None:
-    if keep > 0:
-        for old in list_checkpoints(root)[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+def _prune(root: Path, keep: int, written: Path) -> None:
+    """Keep the newest `keep` valid checkpoints, `written` (just saved) among them; delete older
+    folders. Corrupt folders do not count, so they never push a valid checkpoint out."""
+    if keep <= 0:
+        return
+    _VERIFIED.add(_manifest_key(written))  # its manifest was just computed from its files
+    valid = 0
+    for path in list_checkpoints(root):
+        if valid >= keep:
+            shutil.rmtree(path, ignore_errors=True)
+        elif is_valid(path):
+            valid += 1
+
+
+# (folder, manifest mtime) of checkpoints whose checksums matched in this process: a checkpoint
+# is never modified once renamed into place, so each is hashed at most once per process
+_VERIFIED: set[tuple[str, int]] = set()
+
+
+def _manifest_key(path: Path) -> tuple[str, int]:
+    return str(path.resolve()), (path / MANIFEST).stat().st_mtime_ns
+
+
+def is_valid(path: str | Path) -> bool:
+    """Whether the checkpoint at `path` checks out (`checkpoint_problem` is None)."""
+    path = Path(path)
+    try:
+        key = _manifest_key(path)
+    except OSError:
+        return False
+    if key in _VERIFIED:
+        return True
+    if checkpoint_problem(path) is not None:
+        return False
+    _VERIFIED.add(key)
+    return True
 
 
 def save_sharded_checkpoint(
@@ -255,7 +287,7 @@ def save_sharded_checkpoint(
                 os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _prune(root, keep)
+        _prune(root, keep, target)
     barrier()
     return target
 
@@ -405,7 +437,13 @@ def load_checkpoint(
     """Load states in place from checkpoint `path`; return (trainer state, per-process RNG states)."""
     path = Path(path)
     _require_usable(path)
-    missing, unexpected = load_model(module, str(path / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = load_model(module, str(path / "model.safetensors"), strict=False)
+    except RuntimeError as exc:  # load_state_dict's size mismatches: the model's shape changed
+        reasons = [line.strip() for line in str(exc).splitlines()[1:3]]
+        raise ValueError(
+            f"checkpoint {path} does not match the model: {'; '.join(reasons)}"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "

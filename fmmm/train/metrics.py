@@ -28,11 +28,18 @@ class JsonlLog:
             f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, sort_keys=True) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after `step` (a resumed run rewrites them)."""
+        """Drop rows logged after `step` (a resumed run rewrites them), and a line cut short by a
+        process killed while writing it."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in kept if json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                kept.append(line)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
 

@@ -111,6 +111,11 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.kind != "pretrain":
             raise ValueError(f"kind must be 'pretrain' for this runner, got {self.kind!r}")
+        if self.data.context_length > self.model.backbone.max_seq_len:
+            raise ValueError(
+                f"data.context_length {self.data.context_length} is longer than the model's "
+                f"context model.backbone.max_seq_len {self.model.backbone.max_seq_len}"
+            )
 
 
 class PretrainModule(nn.Module):

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fmmm.config import config_to_dict, flatten, save_config
-from fmmm.utils.io import atomic_write_json
+from fmmm.utils.io import atomic_write_json, check_output_dir
 
 T = TypeVar("T")
+RUN_FILES = ("config.yaml", "ckpt", "metrics.jsonl")  # what marks a folder as a run's out_dir
 INIT_MODES = ("scratch", "pretrained", "pretrained_shape")
 # Config keys that may change when a run resumes from its checkpoints (prefixes end with ".").
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.prefetch", "train.checkpoint.every",
@@ -99,6 +100,8 @@ class Run:
 
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
+        # a run resumes into its own out_dir; a non-empty folder holding no run is someone's data
+        check_output_dir(self.out_dir, own_markers=RUN_FILES, flag=None)
         self.started = time.perf_counter()
         self.accelerator = make_accelerator(cfg.train, self.out_dir)
         check_resumable(cfg, self.out_dir)
@@ -138,7 +141,7 @@ class Run:
         cfg, out_dir = self.cfg, str(self.out_dir)
         full = {"kind": cfg.kind, "out_dir": out_dir, "status": result.status, "steps": result.step,
                 "final_metrics": result.metrics, **summary, "total_seconds": self.elapsed(),
-                "config": config_to_dict(cfg)}  # fmt: skip
+                "config": config_to_dict(cfg, resolve_env=False)}  # fmt: skip
         if self.is_main:  # no barrier: the trainer has ended the process group
             atomic_write_json(self.out_dir / "summary.json", full)
         return RunResult(result.status, full)

@@ -115,8 +115,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"train.steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= 2**20:  # more samples per step than any run holds
+            raise ValueError(f"train.batch_size must be in [1, {2**20}], got {self.batch_size}")
         if self.grad_accum < 1:
             raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
         if self.batch_size % self.grad_accum:
@@ -127,7 +127,7 @@ class TrainerConfig:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.eval_every < 0:
             raise ValueError(f"train.eval_every must be >= 0, got {self.eval_every}")
-        if self.peak_flops is not None and self.peak_flops < 0:
+        if self.peak_flops is not None and not 0 <= self.peak_flops < float("inf"):
             raise ValueError(f"train.peak_flops must be >= 0 (0: auto), got {self.peak_flops}")
         if self.distributed not in DISTRIBUTED:
             raise ValueError(
@@ -362,27 +362,32 @@ class Trainer:
         if self.accelerator.is_main_process:
             ckpt.remove_partial_checkpoints(self.ckpt_dir)
         self.accelerator.wait_for_everyone()
+        path, problems = None, []
         if resume == "none":
             if ckpt.list_checkpoints(self.ckpt_dir):
                 raise ValueError(
                     f"{self.ckpt_dir} already holds checkpoints; use checkpoint.resume=auto or a new run dir"
                 )
-            return
-        if resume == "auto":
+        elif resume == "auto":
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 path = ckpt.latest_valid_checkpoint(self.ckpt_dir)
-            for warning in caught:
-                warnings.warn(str(warning.message), stacklevel=3)
-                self._event("corrupt_checkpoint", message=str(warning.message))
-            if path is None:
-                return
+            problems = [str(warning.message) for warning in caught]
         else:
             path = Path(resume)
-        self.load_checkpoint(path)
-        self._event("resume", path=str(path))
+        if path is not None:
+            self.load_checkpoint(path)
         if self.accelerator.is_main_process:
-            self.metrics_log.truncate_after(self.step)
+            # rows past the resume point (all of them when starting over) belong to steps that
+            # are trained again; without them every step appears once
+            last_kept = self.step if path is not None else -1
+            self.metrics_log.truncate_after(last_kept)
+            self.events_log.truncate_after(last_kept)
+        for message in problems:
+            warnings.warn(message, stacklevel=3)
+            self._event("corrupt_checkpoint", message=message)
+        if path is not None:
+            self._event("resume", path=str(path))
 
     # ----------------------------------------------------------------- logging
     def _event(self, kind: str, **fields: Any) -> None:

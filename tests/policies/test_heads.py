@@ -109,3 +109,12 @@ def test_policy_refuses_an_env_whose_state_is_named_differently(tmp_path):
         factory(Env())
     Env.feature_names = {"observation.state": names}
     assert isinstance(factory(Env()), VLAPolicy)
+
+
+def test_flow_with_the_prefix_cache_equals_full_recomputation():
+    vla = make_vla(cameras=["agentview", "wrist"], head="flow", chunk=3, flow_steps=4)
+    observations = [observation(0, "reach the red cube"), observation(1, "open the top drawer")]
+    noise = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(2))
+    cached = vla.predict_chunks(observations, noise)
+    vla.config.use_cache = False
+    np.testing.assert_allclose(vla.predict_chunks(observations, noise), cached, atol=1e-5)
