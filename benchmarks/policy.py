@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
     chunks = [int(c) for c in args.chunks.split(",")]
     heads = [h.strip() for h in args.heads.split(",")]
-    settings = [(c, "tokens", cache) for c in chunks for cache in (True, False) if "tokens" in heads]
+    settings = [
+        (c, "tokens", cache) for c in chunks for cache in (True, False) if "tokens" in heads
+    ]
     settings += [(c, h, False) for c in chunks for h in heads if h != "tokens"]
     vlas = {}
     for chunk, head, _ in settings:

@@ -226,11 +226,6 @@ def collect(
     from fmmm.eval.rollout import parallel_map
     from fmmm.utils.progress import progress as progress_bar
 
-    tasks = fmmm.envs.expand_tasks(task)
-    if tasks != [task]:
-        return collect_suite(
-            task, episodes, out, seed, workers, keep_failures, max_attempts, progress, noise
-        )
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
     if workers <= 0:
@@ -239,7 +234,15 @@ def collect(
         raise ValueError(f"--seed must be >= 0, got {seed}")
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"--noise must be in [0, 1], got {noise}")
-    max_attempts = max_attempts or 2 * episodes + 20
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"--max-attempts must be positive, got {max_attempts}")
+    tasks = fmmm.envs.expand_tasks(task)
+    if tasks != [task]:
+        return collect_suite(
+            task, episodes, out, seed, workers, keep_failures, max_attempts, progress, noise
+        )
+    if max_attempts is None:
+        max_attempts = 2 * episodes + 20
     out = Path(out)
     wanted = {"task": task, "seed": seed, "keep_failures": keep_failures, "policy": "scripted"}
     if noise:

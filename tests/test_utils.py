@@ -8,7 +8,7 @@ import pytest
 
 from fmmm.registry import Registry
 from fmmm.utils.io import atomic_dir, atomic_write_json, atomic_write_text
-from fmmm.utils.progress import progress
+from fmmm.utils.progress import clear_bars, progress
 
 
 def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
@@ -88,3 +88,13 @@ def test_progress_bar_writes_far_fewer_lines_than_steps_off_a_terminal(
         assert lines > steps // 2  # a terminal still gets a live bar
     else:
         assert lines <= most_lines
+
+
+def test_open_bars_are_erased_from_a_terminal_before_an_error_line():
+    terminal = _Terminal()
+    bar = progress(total=10, file=terminal, desc="export")
+    bar.update(3)
+    clear_bars()
+    *_, last_draw, after = terminal.getvalue().split("\r")
+    assert last_draw.strip() == "" and after == ""  # the bar's line blanked, the cursor back at 0
+    assert bar.disable  # closed: a later update draws nothing

@@ -37,6 +37,11 @@ def _text_items(path: Path) -> list[tuple[str, str]]:
     return [(s["key"], s["text"]) for s in iter_samples(path)]
 
 
+# names.json's "format": an index an earlier fmmm left in a resumed run's work folder is rebuilt
+# (2: states of several widths, and the 16-wide simulation state)
+INDEX_FORMAT = 2
+
+
 def build_index(config: DecontaminateConfig, folder: Path) -> None:
     """Hash every evaluation set once into `folder` (numpy arrays + names.json)."""
     sets, grams, gram_items, lengths = [], [], [], []
@@ -108,14 +113,25 @@ def build_index(config: DecontaminateConfig, folder: Path) -> None:
         "image_items": np.array(image_items, dtype=np.int64),
         "instructions": np.array(instructions, dtype=np.uint64),
         "episode_items": np.array(episode_items, dtype=np.int64),
-        "states": (
-            np.stack([np.ravel(s) for s in states]) if states else np.zeros((0, 0), np.float64)
-        ),
+        **_state_arrays([np.ravel(s) for s in states]),
     }
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         np.save(folder / f"{name}.npy", array, allow_pickle=False)
-    atomic_write_json(folder / "names.json", {"sets": sets, "item_ids": item_ids})
+    atomic_write_json(
+        folder / "names.json", {"format": INDEX_FORMAT, "sets": sets, "item_ids": item_ids}
+    )
+
+
+def _state_arrays(states: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Initial states of eval episodes as one array, NaN-padded to the widest, and each width:
+    eval sets may mix state layouts (a 14-wide quaternion state of older datasets, the 16-wide
+    rotation-column state of today's simulation)."""
+    widths = np.array([len(s) for s in states], dtype=np.int64)
+    padded = np.full((len(states), int(widths.max(initial=0))), np.nan)
+    for row, state in enumerate(states):
+        padded[row, : len(state)] = state
+    return {"states": padded, "state_widths": widths}
 
 
 _index: dict[str, Any] = {}
@@ -169,9 +185,13 @@ def episode_matches(sample: dict[str, Any], config: DecontaminateConfig) -> list
         content_hash(normalize_text(sample["text"] or ""))
     )
     state = np.ravel(np.asarray(sample["state"][0], dtype=np.float64))
-    if _index["states"].shape[1] != len(state):
+    # only states of the same layout compare; the NaN padding of narrower ones is never close
+    same_width = _index["state_widths"] == len(state)
+    if not same_width.any():
         return []
-    close = np.abs(_index["states"] - state).max(axis=1) <= config.state_tolerance
+    close = np.zeros(len(same_width), dtype=bool)
+    distance = np.abs(_index["states"][same_width, : len(state)] - state).max(axis=1)
+    close[same_width] = distance <= config.state_tolerance
     return _index["episode_items"][same_instruction & close].tolist()
 
 
@@ -223,9 +243,10 @@ def decontaminate(inputs: list[str], output: str, config: DecontaminateConfig) -
     settings = computed_settings(config)
     work = work_folder(output, "decontaminate", settings, units)
     index_folder = work / "index"
-    if not (index_folder / "names.json").is_file():
+    names_file = index_folder / "names.json"
+    if not names_file.is_file() or json.loads(names_file.read_text()).get("format") != INDEX_FORMAT:
         build_index(config, index_folder)
-    names = json.loads((index_folder / "names.json").read_text())
+    names = json.loads(names_file.read_text())
     results, reused = run_units(
         decontaminate_unit,
         units,

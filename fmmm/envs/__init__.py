@@ -97,4 +97,12 @@ def register_envs() -> list[str]:
 
 register_envs()
 
-__all__ = ["env_class", "expand_tasks", "gym_id", "load_task", "make_env", "register_envs", "task_names"]
+__all__ = [
+    "env_class",
+    "expand_tasks",
+    "gym_id",
+    "load_task",
+    "make_env",
+    "register_envs",
+    "task_names",
+]

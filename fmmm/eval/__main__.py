@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fmmm.utils.cli import report, run_main
+from fmmm.utils.cli import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,45 +80,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    import fmmm.envs
     from fmmm.eval.compare import compare, format_comparison
     from fmmm.eval.lerobot_format import eval_info
     from fmmm.eval.rollout import evaluate, format_table
     from fmmm.utils.io import atomic_write_json, check_output_dir
 
-    try:
-        import fmmm.envs
-
-        if args.out is not None:  # before the evaluation, not after it
-            check_output_dir(args.out, overwrite=args.overwrite)
-        if args.video and args.out is None:
-            raise ValueError("--video needs --out")
-        if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}")
-        tasks = fmmm.envs.expand_tasks(args.task)
-        video_dir = args.out / "videos" if args.video else None
-        run_args = dict(
-            base_seed=args.seed,
-            num_envs=args.num_envs,
-            instruction=args.instruction,
-            executor=args.executor,
-            ray_address=args.ray_address,
-            envs_per_actor=args.envs_per_actor,
-            split=args.split,
-        )
-        if args.compare:
-            if args.video:
-                raise ValueError("--video does not go with --compare")
-            comparison = compare(*args.compare, tasks, args.episodes, **run_args)
-        else:
-            results = evaluate(args.policy, tasks, args.episodes, video_dir=video_dir, **run_args)
-    except ValueError as exc:
-        return report(exc)
+    if args.out is not None:  # before the evaluation, not after it
+        check_output_dir(args.out, overwrite=args.overwrite)
+    if args.video and args.out is None:
+        raise ValueError("--video needs --out")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    tasks = fmmm.envs.expand_tasks(args.task)
+    video_dir = args.out / "videos" if args.video else None
+    run_args = dict(
+        base_seed=args.seed,
+        num_envs=args.num_envs,
+        instruction=args.instruction,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        envs_per_actor=args.envs_per_actor,
+        split=args.split,
+    )
     if args.compare:
+        if args.video:
+            raise ValueError("--video does not go with --compare")
+        comparison = compare(*args.compare, tasks, args.episodes, **run_args)
         print(format_comparison(comparison))
         if args.out is not None:
             atomic_write_json(args.out / "compare.json", comparison)
             print(f"wrote {args.out / 'compare.json'}")
         return 0
+    results = evaluate(args.policy, tasks, args.episodes, video_dir=video_dir, **run_args)
     print(format_table(results))
     if args.out is not None:
         atomic_write_json(args.out / "results.json", results)

@@ -47,13 +47,20 @@ WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "fmmm_multimodal"
 # config.json keys that describe the file rather than the MultimodalConfig
 FILE_KEYS = ("model_type", "architectures", "torch_dtype", "fmmm_version", "model")
+# MultimodalConfig fields ("backbone.<name>" for TransformerConfig's) added after models were
+# first saved, with the value those older models had; every other field must be in config.json
+SAVED_BEFORE = {"image_pos_embed": False, "vision_film": False, "conv_channels": 32}
 TOKENIZERS_DIR = "tokenizers"
 POOLED = ("text", "image", "video", "audio", "state")
 
 
 @dataclass
 class MultimodalConfig:
-    """Backbone shape, shared vocabulary and the tokenizer settings the encoders' inputs follow."""
+    """Backbone shape, shared vocabulary and the tokenizer settings the encoders' inputs follow.
+
+    A new field (here or in TransformerConfig) needs an entry in `SAVED_BEFORE`, or models saved
+    before it no longer load.
+    """
 
     backbone: TransformerConfig = field(default_factory=TransformerConfig)
     text_vocab_size: int = 1024
@@ -355,14 +362,9 @@ class MultimodalModel(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise ValueError(f"{directory} has no {name}; not a saved MultimodalModel")
-        raw = json.loads((directory / CONFIG_FILE).read_text())
-        if raw.get("model_type") != MODEL_TYPE and raw.get("model") != "MultimodalModel":
-            raise ValueError(f"{directory / CONFIG_FILE} does not describe a MultimodalModel")
+        raw = _read_config(directory / CONFIG_FILE)
         dtype = _dtype(raw.get("torch_dtype", "float32") if torch_dtype == "auto" else torch_dtype)
-        raw = {k: v for k, v in raw.items() if k not in FILE_KEYS}
-        raw["vision_tower_weights"] = ""
-        raw.setdefault("image_pos_embed", False)
-        model = cls(MultimodalConfig(**raw))
+        model = cls(_saved_config(raw, directory / CONFIG_FILE))
         state = load_file(directory / WEIGHTS_FILE, device=str(device))
         if model.config.tie_embeddings:
             state["lm_head.weight"] = state["embed.weight"]
@@ -387,6 +389,53 @@ class MultimodalModel(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, tokenizers=tokenizers, card=card)
             return push_folder(tmp, repo_id, private=private)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The JSON object in a saved model's config.json; ValueError naming the file otherwise."""
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or (
+        raw.get("model_type") != MODEL_TYPE and raw.get("model") != "MultimodalModel"
+    ):
+        raise ValueError(f"{path} does not describe a MultimodalModel")
+    return raw
+
+
+def _saved_config(raw: dict[str, Any], path: Path) -> MultimodalConfig:
+    """The MultimodalConfig a saved config.json describes.
+
+    Every field is required: a default in place of a missing field builds a model of another
+    shape, whose weights then fail to load far from the cause. Only the fields in `SAVED_BEFORE`
+    fall back, to the value the models saved before them were trained with.
+    """
+    fields = {k: v for k, v in raw.items() if k not in FILE_KEYS}
+    fields["vision_tower_weights"] = ""  # a pretrained tower's weights are in model.safetensors
+    problems = _field_problems(fields, MultimodalConfig, "")
+    backbone = fields.get("backbone")
+    if isinstance(backbone, dict):
+        problems += _field_problems(backbone, TransformerConfig, "backbone.")
+    elif backbone is not None:
+        problems.append(f"backbone must be a JSON object, got {backbone!r}")
+    if problems:
+        raise ValueError(f"{path} does not describe a MultimodalConfig: {', '.join(problems)}")
+    try:
+        return MultimodalConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _field_problems(given: dict[str, Any], config_class: type, prefix: str) -> list[str]:
+    """Fill `given` from `SAVED_BEFORE`; list the fields of `config_class` it lacks or has extra."""
+    for name, value in SAVED_BEFORE.items():
+        if name.startswith(prefix) and "." not in name.removeprefix(prefix):
+            given.setdefault(name.removeprefix(prefix), value)
+    expected = {f.name for f in dataclasses.fields(config_class)}
+    return [f"missing {prefix}{name}" for name in sorted(expected - given.keys())] + [
+        f"unknown {prefix}{name}" for name in sorted(given.keys() - expected)
+    ]
 
 
 def _dtype(value: torch.dtype | str | None) -> torch.dtype:

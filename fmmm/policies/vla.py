@@ -133,9 +133,7 @@ class PatchNormalizer:
         return (patches - mean) / std
 
     @classmethod
-    def fit_streaming(
-        cls, batches: dict[str, Any], floor: float = 0.1
-    ) -> PatchNormalizer:
+    def fit_streaming(cls, batches: dict[str, Any], floor: float = 0.1) -> PatchNormalizer:
         """`fit` from an iterable of (frames, N, F) patch batches per camera, without holding
         them all: float64 running sums."""
         stats = {}
@@ -186,7 +184,7 @@ class ActionBatch:
     mask: torch.Tensor | None = None
 
     def to(self, device: Any, non_blocking: bool = False) -> ActionBatch:
-        move = (lambda t: None if t is None else t.to(device))  # noqa: E731
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return ActionBatch(self.tokens.to(device), move(self.actions), move(self.mask))
 
     @property
@@ -199,6 +197,11 @@ def open_action_block(batch: MultimodalBatch) -> MultimodalBatch:
     action = (batch.modality == int(Modality.ACTION)) & (batch.sample_ids > 0)
     mask = batch.attention_mask | (action[:, :, None] & action[:, None, :])
     return dataclasses.replace(batch, attention_mask=mask)
+
+
+def token_positions(t: torch.Tensor) -> torch.Tensor:
+    """(K,) sequence positions -> (K, 1, 3) positions (t, 0, 0) of one new token per row."""
+    return torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)], dim=-1)[:, None]
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -273,6 +276,14 @@ class VLA(nn.Module):
             images.append(image.permute(2, 0, 1))
         state = np.array(observation["state"], dtype=np.float32) if self.config.use_state else None
         segments = self.builder.vla_sample(images, state, instruction)
+        length = sum(len(segment) for segment in segments)
+        actions = self.config.chunk * (self.action_dim if self.config.head == "tokens" else 1)
+        context = base_model(self.model).config.backbone.max_seq_len
+        if length + actions > context:
+            raise ValueError(
+                f"instruction too long: the prefix is {length} tokens and the actions {actions}, "
+                f"past the model's context of {context} (max_seq_len); shorten the instruction"
+            )
         patches = [segment for segment in segments if segment.modality == Modality.IMAGE]
         for camera, segment in zip(self.config.cameras, patches):
             segment.features = self.patch_normalizer(camera, segment.features)
@@ -330,7 +341,10 @@ class VLA(nn.Module):
         return loss + out["aux_loss"], {"action_loss": loss.detach(), "action_accuracy": accuracy}
 
     def _head_outputs(
-        self, batch: MultimodalBatch, noisy: torch.Tensor | None = None, t: torch.Tensor | None = None
+        self,
+        batch: MultimodalBatch,
+        noisy: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backbone with the head's inputs at the action positions; returns the head's
         output (B, chunk, D) and the backbone's auxiliary loss."""
@@ -417,7 +431,9 @@ class VLA(nn.Module):
         if not observations:
             raise ValueError("predict_chunks needs at least one observation")
         if self.action_head is None:
-            return np.stack([self.predict_chunk(o) for o in observations])
+            if len(observations) == 1 or not self.config.use_cache:
+                return np.stack([self.predict_chunk(o) for o in observations])
+            return self._decode_batch(observations)
         samples = [self.prefix_segments(o) + [self.action_segment()] for o in observations]
         length = max(sum(len(s) for s in sample) for sample in samples)
         batch = open_action_block(self.builder.build(samples, length, pack=False))
@@ -437,6 +453,37 @@ class VLA(nn.Module):
                 t = torch.full((rows,), 1.0 - k / steps)
                 unit = unit - velocity_at(unit, t) / steps
         actions = self.unnormalize_actions(unit.clamp(-1.5, 1.5)).clamp(-1.0, 1.0)
+        return actions.numpy().astype(np.float32)
+
+    def _decode_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
+        """Greedy KV-cached decoding of K prefixes of different lengths at once (the tokens head):
+        rows are padded at the end, and each decoded token sits at its own row's next position
+        and attends to that row's prefix and decoded tokens only."""
+        model = base_model(self.model)
+        prefixes = [self.prefix_segments(o) for o in observations]
+        batch = self.builder.build(prefixes, max(sum(map(len, p)) for p in prefixes), pack=False)
+        rows, width = batch.input_ids.shape
+        total = self.config.chunk * self.action_dim
+        cache = model.new_cache(rows, width + total)
+        logits = model.prefill(batch, cache)["logits"]
+        lengths = (batch.sample_ids > 0).sum(dim=1)  # (K,)
+        logits = logits[torch.arange(rows), lengths - 1]  # (K, V) at each row's marker
+        keys = batch.sample_ids > 0  # (K, width): the keys each row may see, grown per step
+        bins = self.action_offset + torch.arange(self.num_bins)
+        generated = []
+        for step in range(total):
+            token = logits[:, bins].argmax(-1)  # (K,)
+            generated.append(token)
+            if step + 1 == total:
+                break
+            keys = torch.cat([keys, torch.ones(rows, 1, dtype=torch.bool)], dim=1)
+            positions = token_positions(lengths + step)
+            x = model.embed(token[:, None] + self.action_offset)
+            x = x + model.modality_embed.weight[int(Modality.ACTION)]
+            hidden, _ = model.backbone(x, positions, keys[:, None, :], cache)
+            logits = model.lm_head(hidden)[:, -1]
+        tokens = torch.stack(generated, dim=1).view(rows, self.config.chunk, self.action_dim)
+        actions = self.builder.action_tokenizer.decode(tokens).clamp(-1.0, 1.0)
         return actions.numpy().astype(np.float32)
 
     def _cached_flow(self, samples: list[list[Segment]], batch: MultimodalBatch) -> Any:
@@ -488,7 +535,9 @@ class VLA(nn.Module):
         if self.action_head is not None:
             from safetensors.torch import save
 
-            state = {k: v.detach().cpu().contiguous() for k, v in self.action_head.state_dict().items()}
+            state = {
+                k: v.detach().cpu().contiguous() for k, v in self.action_head.state_dict().items()
+            }
             atomic_write_bytes(run_dir / HEAD_FILE, save(state))
         spec = {"type": "vla", "adaptation": adaptation, **dataclasses.asdict(self.config)}
         if self.features:
@@ -545,7 +594,9 @@ class VLA(nn.Module):
 
             path = run_dir / HEAD_FILE
             if not path.is_file():
-                raise ValueError(f"{run_dir}: policy.head is {config.head!r} but {HEAD_FILE} is missing")
+                raise ValueError(
+                    f"{run_dir}: policy.head is {config.head!r} but {HEAD_FILE} is missing"
+                )
             vla.action_head.load_state_dict(load_file(path))
         vla.eval()
         return vla

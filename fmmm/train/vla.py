@@ -57,7 +57,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         for task, weight in self.task_weights.items():
             if not (isinstance(weight, (int, float)) and 0 <= weight < float("inf")):
-                raise ValueError(f"data.task_weights.{task} must be a finite weight >= 0, got {weight!r}")
+                raise ValueError(
+                    f"data.task_weights.{task} must be a finite weight >= 0, got {weight!r}"
+                )
         if self.episodes < 1:
             raise ValueError(f"data.episodes must be >= 1, got {self.episodes}")
         if not 0.0 <= self.noise <= 1.0:
@@ -469,9 +471,12 @@ class Validator:
                     )
                     try:
                         for row in filmed.rows([(self.tasks[self.calls % len(self.tasks)], 0)], 1):
-                            target = self.out_dir / "val_videos" / f"eval{self.calls:03d}_{row['video']}"
+                            target = (
+                                self.out_dir / "val_videos" / f"eval{self.calls:03d}_{row['video']}"
+                            )
                             target.parent.mkdir(parents=True, exist_ok=True)
                             atomic_write_bytes(target, (video_dir / row["video"]).read_bytes())
+                            self._log_filmstrip(target, row["task"])
                     finally:
                         filmed.close()
             finally:
@@ -482,10 +487,24 @@ class Validator:
             metrics[f"val_success/{task}"] = float(np.mean(outcomes))
         metrics["val_success"] = float(np.mean([metrics[f"val_success/{t}"] for t in self.tasks]))
         self.history.append(metrics)
-        if self.best is None or metrics["val_success"] > self.best[0]:
+        if self.best is None or metrics["val_success"] >= self.best[0]:  # ties: the later weights
             state = {k: v.detach().clone() for k, v in vla.state_dict().items()}
             self.best = (metrics["val_success"], self.calls, state)
         return metrics
+
+    def _log_filmstrip(self, video: Path, task: str, frames: int = 8) -> None:
+        """The rollout to TensorBoard as one image of `frames` evenly spaced frames (TensorBoard's
+        own video summaries need moviepy; the mp4 stays under val_videos/)."""
+        if not self.cfg.train.logging.tensorboard:
+            return
+        import imageio.v2 as imageio
+        from torch.utils.tensorboard import SummaryWriter
+
+        clip = np.stack(imageio.mimread(video))
+        picked = clip[np.linspace(0, len(clip) - 1, frames).round().astype(int)]
+        strip = np.concatenate(list(picked), axis=1)  # (H, frames * W, 3)
+        with SummaryWriter(str(self.out_dir / "tensorboard" / "rollouts")) as writer:
+            writer.add_image(f"val_rollout/{task}", strip, self.calls, dataformats="HWC")
 
     def restore_best(self, vla: Any) -> dict[str, Any]:
         """Load the weights of the best validation evaluation; returns what was chosen."""

@@ -96,7 +96,11 @@ def describe(exc: BaseException) -> str:
 
 
 def report(exc: BaseException) -> int:
-    """Print `exc` as one `error: ...` line on stderr; return the exit code 2."""
+    """Print `exc` as one `error: ...` line on stderr (after erasing open progress bars); return
+    the exit code 2."""
+    from fmmm.utils.progress import clear_bars
+
+    clear_bars()
     print(f"error: {describe(exc)}", file=sys.stderr)
     return USAGE_ERROR
 

@@ -152,8 +152,9 @@ def test_simulation_suite_eval_episodes_are_matched_by_instruction_and_initial_s
 
     (first, second) = sim_eval_episodes("sim:pick_place:2")
     rng = np.random.default_rng(0)
-    leaked = np.vstack([first["initial_state"], rng.normal(size=(9, 14))])
-    other = np.vstack([first["initial_state"] + 0.01, rng.normal(size=(9, 14))])
+    width = len(first["initial_state"])  # the environment's state layout decides it
+    leaked = np.vstack([first["initial_state"], rng.normal(size=(9, width))])
+    other = np.vstack([first["initial_state"] + 0.01, rng.normal(size=(9, width))])
     write_robot_dataset(
         tmp_path / "train" / "demos",
         [
@@ -166,6 +167,33 @@ def test_simulation_suite_eval_episodes_are_matched_by_instruction_and_initial_s
     )
     assert set(_flagged(tmp_path / "o")) == {"episode_000000"}
     assert report["eval_sets"][0]["found_in_training"] == ["pick_place:0"]
+
+
+def test_eval_sets_of_different_state_widths_each_match_training_episodes_of_their_width(
+    tmp_path,
+):
+    from fmmm.data.episodes import sim_eval_episodes
+
+    (first,) = sim_eval_episodes("sim:pick_place:1")
+    rng = np.random.default_rng(0)
+    width = len(first["initial_state"])
+    old_layout = random_episode(7)  # a dataset recorded with a narrower (older) state
+    assert len(old_layout[1][0]) != width
+    write_robot_dataset(tmp_path / "eval_demos", [old_layout])
+    sim_leak = np.vstack([first["initial_state"], rng.normal(size=(9, width))])
+    write_robot_dataset(
+        tmp_path / "train" / "today",
+        [(first["instruction"], sim_leak, rng.uniform(-1, 1, (10, 7)))],
+    )
+    write_robot_dataset(tmp_path / "train" / "older", [random_episode(9), old_layout])
+    report = decontaminate(
+        [str(tmp_path / "train")],
+        str(tmp_path / "o"),
+        _config(["sim:pick_place:1", tmp_path / "eval_demos"], mode="report"),
+    )
+    found = {entry["eval_set"]: entry["found_in_training"] for entry in report["eval_sets"]}
+    assert found == {"sim:pick_place:1": ["pick_place:0"], "eval_demos": ["episode_000000"]}
+    assert len(_flagged(tmp_path / "o")) == 2
 
 
 def test_empty_eval_sets_and_unknown_eval_paths_are_errors(tmp_path):

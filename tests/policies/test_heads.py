@@ -38,9 +38,9 @@ def test_batched_chunks_equal_one_observation_at_a_time(head):
     np.testing.assert_allclose(both, np.stack(one), atol=1e-5)
 
 
-def test_tokens_head_batches_one_by_one_with_the_same_actions():
+def test_tokens_head_decodes_a_batch_of_different_lengths_as_one_by_one():
     vla = make_vla(cameras=["agentview"], chunk=2)
-    observations = [observation(0), observation(1)]
+    observations = [observation(0, "reach the red cube"), observation(1, "open the top drawer now")]
     np.testing.assert_array_equal(
         vla.predict_chunks(observations), np.stack([vla.predict_chunk(o) for o in observations])
     )

@@ -332,7 +332,6 @@ EVAL = [
         "reach " * 3000,
         culprit=("instruction", "context"),
         id="vla-instruction-past-context",
-        slow=True,
     ),  # fmt: skip
 ]
 

@@ -184,7 +184,7 @@ def _widen(path):
     "damage, file, culprit",
     [
         (_truncate, "model.safetensors", "model.safetensors"),
-        (_drop_backbone, "config.json", "weights do not fit"),  # a default backbone is built
+        (_drop_backbone, "config.json", "missing backbone"),
         (_widen, "config.json", "size mismatch"),
     ],
     ids=["truncated-weights", "config-missing-field", "weights-of-another-shape"],

@@ -14,8 +14,10 @@ from fmmm.train.vla import (
     VLARunConfig,
     adapt,
     build_vla,
+    find_or_collect,
     fit_patch_normalizer,
     frames_cache_path,
+    task_stream,
     train_vla,
 )
 
@@ -103,7 +105,10 @@ def test_table_batches_equal_batches_built_sample_by_sample(tmp_path, reach_demo
     prefixes, bins, masks, chunks = [], [], [], []
     for row in rows:
         episode, frame = int(frames.episode[row]), int(frames.frame[row])
-        observation = {"instruction": frames.instructions[episode], "state": frames.states[row].numpy()}
+        observation = {
+            "instruction": frames.instructions[episode],
+            "state": frames.states[row].numpy(),
+        }
         for camera in cfg.policy.cameras:
             observation[camera] = frames.images[camera][row].numpy()
         prefixes.append(vla.prefix_segments(observation))
@@ -208,11 +213,51 @@ def test_vla_run_on_several_tasks_trains_one_policy_and_evaluates_each(tmp_path)
 
     demos = tmp_path / "demos"
     collect("reach,push", 2, demos, progress=False)
-    cfg = tiny_config(tmp_path, demos, "task=reach,push", "eval.episodes=1", "eval.num_envs=1")
+    cfg = tiny_config(
+        tmp_path, demos, "task=reach,push", "eval.episodes=1", "eval.num_envs=1",
+        "eval.val_episodes=1", "train.eval_every=2", "policy.head=l1",
+        "train.logging.tensorboard=true",
+    )  # fmt: skip
     summary = train_vla(cfg)
     assert summary["demonstrations"] == 4
     assert set(summary["eval"]) == {"reach", "push"}
     assert all(result["episodes"] == 1 for result in summary["eval"].values())
+    # validation ran at step 2 and at the end, on both tasks, and chose one of them
+    history = summary["validation"]["val_history"]
+    assert len(history) == 2 and set(history[0]) == {
+        "val_success",
+        "val_success/reach",
+        "val_success/push",
+    }
+    assert summary["validation"]["val_evaluation"] in (1, 2)
+    assert len(list((tmp_path / "run" / "val_videos").glob("*.mp4"))) == 2
+    assert list((tmp_path / "run" / "tensorboard" / "rollouts").glob("events.*"))
+
+
+def test_batches_draw_tasks_in_the_configured_proportions(tmp_path):
+    from fmmm.collect import collect
+
+    demos = tmp_path / "demos"
+    collect("reach,lift", 2, demos, progress=False)
+    cfg = tiny_config(tmp_path, demos, "task=reach,lift", "data.task_weights={reach: 3, lift: 1}")
+    vla, frames, samples = prepared(cfg, demos)
+    stream = task_stream(cfg, frames, samples)
+    plan = stream.plan(0, 400)
+    drawn = [frames.tasks[int(frames.episode[stream.datasets[s][i]])] for s, i in plan]
+    assert (
+        abs(drawn.count("reach") - 300) <= 2 and len(drawn) == 400
+    )  # Weyl sequence: within O(log n)
+    bad = tiny_config(tmp_path, demos, "task=reach,lift", "data.task_weights={stack: 1}")
+    with pytest.raises(ValueError, match="task_weights names stack"):
+        task_stream(bad, frames, samples)
+
+
+def test_a_named_dataset_that_is_missing_or_for_another_task_is_refused(tmp_path, reach_demos):
+    with pytest.raises(ValueError, match="is not a dataset"):
+        find_or_collect(tiny_config(tmp_path, tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()  # nothing collected into a misspelled folder
+    with pytest.raises(ValueError, match="holds reach demonstrations but the run's task is push"):
+        find_or_collect(tiny_config(tmp_path, reach_demos, "task=push"))
 
 
 @pytest.mark.skipif(
