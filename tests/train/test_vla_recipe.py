@@ -273,3 +273,31 @@ def test_vla_run_on_meta_world_learns_its_4d_actions(tmp_path):
     cfg = tiny_config(tmp_path, demos, "task=metaworld:drawer-close-v3", "eval.episodes=0")
     assert train_vla(cfg)["status"] == "completed"
     assert VLA.load(tmp_path / "run").action_dim == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head, bound", [("tokens", 0.6), ("l1", 0.1), ("flow", 0.3)])
+def test_each_head_overfits_a_few_demonstrations_and_replays_them(
+    tmp_path, reach_demos, head, bound
+):
+    """A broken head cannot pass: a small policy of each head fits four demonstrations (its final
+    loss under `bound`) and succeeds from the start states of at least three of them."""
+    import fmmm.envs
+    from fmmm.eval.rollout import run_episode
+    from fmmm.policies.factory import load_policy
+
+    cfg = tiny_config(
+        tmp_path, reach_demos, f"policy.head={head}", "policy.chunk=4", "policy.execute=4",
+        "policy.cameras=[agentview]", "model.backbone.dim=64", "model.backbone.n_layers=2",
+        "model.backbone.n_heads=4", "model.backbone.ffn_hidden=128", "model.action_bins=64",
+        "train.steps=300", "train.batch_size=16", "train.optim.lr=2e-3", "eval.episodes=0",
+    )  # fmt: skip
+    summary = train_vla(cfg)
+    assert summary["final_loss"] < bound, summary["final_loss"]
+    factory = load_policy(str(tmp_path / "run"))
+    env = fmmm.envs.make_env("reach")
+    successes = 0
+    for row in RobotDataset(reach_demos).episodes:  # the demonstrations' own start states
+        successes += run_episode(env, factory(env), row["seed"], 0)["success"]
+    env.close()
+    assert successes >= 3, successes
