@@ -551,9 +551,10 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
     timings["train_seconds"] = time.perf_counter() - mark
     vla = trainer.accelerator.unwrap_model(trainer.module)
     vla.eval()
-    chosen = validator.restore_best(vla) if validator is not None else {}
+    completed = result.status == "completed"  # a preempted run resumes later: no policy yet
+    chosen = validator.restore_best(vla) if validator is not None and completed else {}
     evaluation = None
-    if run.is_main:
+    if run.is_main and completed:
         vla.save(run.out_dir, cfg.adaptation.mode)
         if cfg.eval.episodes:
             mark = time.perf_counter()

@@ -301,3 +301,13 @@ def test_each_head_overfits_a_few_demonstrations_and_replays_them(
         successes += run_episode(env, factory(env), row["seed"], 0)["success"]
     env.close()
     assert successes >= 3, successes
+
+
+def test_a_preempted_run_saves_no_policy_and_evaluates_nothing(tmp_path, reach_demos, monkeypatch):
+    from fmmm.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_preemption_requested", lambda self: True)
+    summary = train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=2"))
+    assert summary["status"] == "preempted" and summary["eval"] is None
+    assert not (tmp_path / "run" / "policy.json").exists()
+    assert list((tmp_path / "run" / "ckpt").glob("step_*"))  # it resumes from here
