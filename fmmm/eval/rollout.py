@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -240,7 +241,20 @@ class LockstepWorker:
 
     def rows(self, items: Sequence[tuple[str, int]], num_envs: int) -> Iterator[dict[str, Any]]:
         """Yield the results.json rows of `items` (task, episode index) as they finish, run on
-        `num_envs` env slots."""
+        `num_envs` env slots. Torch runs on one thread meanwhile: inference here is a few small
+        batches per step, where a second thread costs more in synchronization than it computes
+        (several times slower when another process shares the cores)."""
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else None
+        if torch is not None:
+            torch.set_num_threads(1)
+        try:
+            yield from self._rows(items, num_envs)
+        finally:
+            if torch is not None:
+                torch.set_num_threads(threads)
+
+    def _rows(self, items: Sequence[tuple[str, int]], num_envs: int) -> Iterator[dict[str, Any]]:
         queue = iter(items)
         running: dict[int, _Episode] = {}
         for slot, item in zip(range(num_envs), queue):
