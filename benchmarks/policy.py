@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = [
         (c, "tokens", cache) for c in chunks for cache in (True, False) if "tokens" in heads
     ]
-    settings += [(c, h, False) for c in chunks for h in heads if h != "tokens"]
+    settings += [(c, h, True) for c in chunks for h in heads if h != "tokens"]  # flow: prefix cache
     vlas = {}
     for chunk, head, _ in settings:
         if (chunk, head) not in vlas:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         low, mid, high = r["ratio_min_median_max"]
-        cache = "yes" if r["kv_cache"] else ("no" if r["head"] == "tokens" else "-")
+        cache = {"l1": "-"}.get(r["head"], "yes" if r["kv_cache"] else "no")
         print(
             f"| {r['chunk']} | {r['head']} | {cache} | {r['forward_passes_per_chunk']} | "
             f"{r['actions_per_second']:.1f} | {low:.2f} / {mid:.2f} / {high:.2f}x | "
