@@ -1,7 +1,9 @@
 """`python -m fmmm.train CONFIG [key=value ...]` (also under `accelerate launch` / `torchrun`).
 
 CONFIG is a run recipe (configs/*/*.yaml) whose `kind` picks the recipe; key=value override it.
-The run writes into its `out_dir` and resumes from the newest valid checkpoint found there.
+The run writes into its `out_dir` and resumes from the newest valid checkpoint found there. A
+non-empty `out_dir` that holds no run is refused unless --overwrite is given (the run then writes
+into it; files of other names are kept).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 from fmmm.config import ConfigError, split_cli
 from fmmm.utils.cli import run_main
 
-USAGE = "usage: python -m fmmm.train CONFIG [key=value ...]"
+USAGE = "usage: python -m fmmm.train CONFIG [--overwrite] [key=value ...]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(argv: list[str]) -> int:
+    from fmmm.train.recipe import OVERWRITE
     from fmmm.train.runners import run
 
-    path, overrides = split_cli(argv)
+    OVERWRITE["allowed"] = "--overwrite" in argv
+    path, overrides = split_cli([arg for arg in argv if arg != "--overwrite"])
     if path is None:
         raise ConfigError(USAGE)
     result = run(path, overrides)

@@ -22,6 +22,9 @@ from fmmm.utils.io import atomic_write_json, check_output_dir
 
 T = TypeVar("T")
 RUN_FILES = ("config.yaml", "ckpt", "metrics.jsonl")  # what marks a folder as a run's out_dir
+# `python -m fmmm.train --overwrite`: a non-empty out_dir that holds no run may be written into
+# (its other files are kept; the run's own files replace any of the same name, atomically).
+OVERWRITE = {"allowed": False}
 INIT_MODES = ("scratch", "pretrained", "pretrained_shape")
 # Config keys that may change when a run resumes from its checkpoints (prefixes end with ".").
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.prefetch", "train.checkpoint.every",
@@ -101,7 +104,7 @@ class Run:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         # a run resumes into its own out_dir; a non-empty folder holding no run is someone's data
-        check_output_dir(self.out_dir, own_markers=RUN_FILES, flag=None)
+        check_output_dir(self.out_dir, overwrite=OVERWRITE["allowed"], own_markers=RUN_FILES)
         self.started = time.perf_counter()
         self.accelerator = make_accelerator(cfg.train, self.out_dir)
         check_resumable(cfg, self.out_dir)

@@ -119,6 +119,31 @@ def test_training_refuses_an_out_dir_that_holds_no_run(tmp_path):
             f"data.cache_dir={tmp_path / 'cache'}", timeout=120,
         )  # fmt: skip
     assert_one_line_error(result, str(out))
+    assert "--overwrite" in result.stderr
+
+
+def test_training_with_overwrite_writes_into_a_folder_that_holds_no_run(tmp_path, monkeypatch):
+    from fmmm.config import load_config
+    from fmmm.train import __main__ as train_cli
+    from fmmm.train import recipe
+    from fmmm.train.vla import VLARunConfig
+
+    monkeypatch.setitem(recipe.OVERWRITE, "allowed", False)  # restored after the test
+    out = _someone_elses_folder(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    cfg = load_config(VLARunConfig, REPO / "configs" / "quickstart.yaml", [f"out_dir={out}"])
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        recipe.Run(cfg)
+    seen = {}
+    monkeypatch.setattr(
+        "fmmm.train.runners.run",
+        lambda path, overrides: seen.update(overrides=overrides, run=recipe.Run(cfg)),
+    )
+    assert train_cli.main([str(REPO / "configs" / "quickstart.yaml"), "--overwrite", "a=1"]) == 0
+    assert seen["overrides"] == ["a=1"] and (out / "config.yaml").is_file()
+    assert {
+        p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name in before
+    } == before
 
 
 def test_check_output_dir_accepts_empty_new_and_own_folders(tmp_path):
