@@ -528,30 +528,8 @@ def _main(args: argparse.Namespace) -> None:
     if args.gpus is not None and args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
     check_arguments(args)
-    if args.preset:
-        print(f"preset {args.preset}")
-        print(
-            report(
-                PRESETS[args.preset],
-                None,
-                args.seq_len,
-                args.batch_size,
-                args.precision,
-                args.flops,
-                args.gpus,
-                args.gpu_memory,
-            )
-        )
-    elif args.config:
-        from fmmm.config import load_config
-        from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
 
-        config = load_config(MultimodalConfig, args.config, args.overrides)
-        exact = meta_parameter_count(lambda: MultimodalModel(config))
-        shape = shape_of(config.backbone, config.vocab_size, config.tie_embeddings, args.seq_len)
-        print(
-            f"config {args.config} (MultimodalModel; backbone + vocabulary: {shape.parameters():,})"
-        )
+    def show(shape: object, exact: int | None) -> None:
         print(
             report(
                 shape,
@@ -562,8 +540,23 @@ def _main(args: argparse.Namespace) -> None:
                 args.flops,
                 args.gpus,
                 args.gpu_memory,
-            )
+            )  # fmt: skip
         )
+
+    if args.preset:
+        print(f"preset {args.preset}")
+        show(PRESETS[args.preset], None)
+    elif args.config:
+        from fmmm.config import load_config
+        from fmmm.models.multimodal import MultimodalConfig, MultimodalModel
+
+        config = load_config(MultimodalConfig, args.config, args.overrides)
+        exact = meta_parameter_count(lambda: MultimodalModel(config))
+        shape = shape_of(config.backbone, config.vocab_size, config.tie_embeddings, args.seq_len)
+        print(
+            f"config {args.config} (MultimodalModel; backbone + vocabulary: {shape.parameters():,})"
+        )
+        show(shape, exact)
     else:
         print(preset_table())
         if args.flops is not None:

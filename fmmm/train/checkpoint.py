@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from fmmm.utils.io import atomic_dir
+from fmmm.utils.io import atomic_dir, swap_in
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -277,14 +276,7 @@ def save_sharded_checkpoint(
                 str(f.relative_to(tmp)) for f in (tmp / SHARDED_STATE).rglob("*") if f.is_file()
             )
             _write_manifest(tmp, step, "sharded", [*shards, *_COMMON])
-            if target.exists():  # rewritten after a rollback: never leave no checkpoint behind
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            swap_in(tmp, target)  # rewritten after a rollback: never leave no checkpoint behind
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _prune(root, keep, target)
