@@ -20,6 +20,7 @@ dynamic, so varying batch sizes do not recompile.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import functools
@@ -113,6 +114,31 @@ def ensure_process_group() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    close_process_group_at_exit()
+
+
+def close_process_group() -> None:
+    """Destroy the default process group, if there is one (a no-op otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+_CLOSE_REGISTERED = False
+
+
+def close_process_group_at_exit() -> None:
+    """Destroy the process group while the interpreter is still whole, once per process.
+
+    A gloo group left to interpreter finalization can abort the process ("terminate called
+    without an active exception", SIGABRT; pytorch#190489): its worker threads still hold
+    tensors whose release needs the GIL. A rank that finishes first then fails the launch.
+    """
+    global _CLOSE_REGISTERED
+    if not _CLOSE_REGISTERED:
+        atexit.register(close_process_group)
+        _CLOSE_REGISTERED = True
 
 
 def weightless_copy(module: nn.Module) -> nn.Module:

@@ -249,6 +249,8 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(cfg, self.run_dir)
         acc = self.accelerator
         world = acc.num_processes
+        if world > 1:
+            parallel.close_process_group_at_exit()
         if cfg.batch_size % (cfg.grad_accum * world):
             raise ValueError(
                 f"train.batch_size {cfg.batch_size} is not divisible by grad_accum x processes "

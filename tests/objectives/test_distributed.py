@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _ports import free_port
 
 SCRIPT = Path(__file__).with_name("_dist_contrastive.py")
 
@@ -20,7 +21,9 @@ def launch(*command: str) -> None:
 def test_two_process_contrastive_sees_global_batch_and_matches_single_process_gradients(tmp_path):
     out = tmp_path / "dist.json"
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    launch(torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT), str(out))
+    launch(
+        torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), str(out)
+    )
     report = json.loads(out.read_text())
     assert report["world"] == 2
     for rank in report["ranks"]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import _train_lm
 import pytest
 import torch
+from _ports import free_port
 
 from fmmm.models.multimodal import MultimodalModel
 from fmmm.train import checkpoint as ckpt
@@ -38,17 +39,18 @@ def losses(run_dir: Path) -> list[float]:
     return [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl")]
 
 
-def command(run_dir: Path, processes: int, port: int, *overrides: str) -> list[str]:
+def command(run_dir: Path, processes: int, *overrides: str) -> list[str]:
     launcher = [sys.executable]
     if processes > 1:
-        launcher = [str(TORCHRUN), "--nproc_per_node", str(processes), "--master_port", str(port)]
+        port = str(free_port())
+        launcher = [str(TORCHRUN), "--nproc_per_node", str(processes), "--master_port", port]
     return [*launcher, str(LM), str(run_dir), *BASE, *overrides]
 
 
-def train(run_dir: Path, processes: int = 1, *overrides: str, port: int = 29611) -> None:
+def train(run_dir: Path, processes: int = 1, *overrides: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        command(run_dir, processes, port, *overrides),
+        command(run_dir, processes, *overrides),
         env=env,
         capture_output=True,
         text=True,
@@ -62,7 +64,7 @@ def runs(tmp_path_factory):
     """The same 3 steps on one process (no sharding) and sharded over two processes."""
     root = tmp_path_factory.mktemp("parallel")
     train(root / "one", 1)
-    train(root / "fsdp2", 2, *FSDP, port=29612)
+    train(root / "fsdp2", 2, *FSDP)
     return root
 
 
@@ -103,7 +105,7 @@ def test_sharded_checkpoint_resumes_to_identical_losses_after_sigkill(tmp_path):
     run_dir = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        command(run_dir, 1, 0, *steps, "sleep=0.15"),
+        command(run_dir, 1, *steps, "sleep=0.15"),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -183,7 +185,7 @@ def test_fsdp_pretraining_recipe_matches_one_process_and_saves_a_loadable_model(
                  "objectives.masked=0", "train.steps=2"]  # fmt: skip
     accelerate = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
                   "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                  "--dynamo_backend", "no", "--main_process_port", "29613"]  # fmt: skip
+                  "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, launcher, extra in (
         ("one", [sys.executable], []),

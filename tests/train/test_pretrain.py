@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _ports import free_port
 
 from fmmm.train.metrics import read_jsonl
 
@@ -64,7 +65,7 @@ def test_two_processes_with_half_batches_match_one_process_with_the_whole_batch(
     accelerate = Path(sys.executable).with_name("accelerate")
     launcher = (str(accelerate), "launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", "29571", "-m", "fmmm.train")  # fmt: skip
+                "--main_process_port", str(free_port()), "-m", "fmmm.train")  # fmt: skip
     two = train(tmp_path / "two", cache_dir, *overrides, launcher=launcher)
     assert len(one) == len(two) == 2
     for a, b in zip(one, two):
