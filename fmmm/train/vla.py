@@ -9,6 +9,7 @@ episode seeds and writes `out_dir/summary.json`.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,7 +439,14 @@ class Validator:
     """Success on validation episodes (their own seed split, disjoint from the demonstrations and
     the test episodes), run by the trainer every `train.eval_every` steps and at the end: logs
     `val_success/<task>` and their mean `val_success`, writes one rollout video per evaluation,
-    and keeps a copy of the best weights so the run saves (and tests) the ones validation chose."""
+    and keeps the best weights so the run saves (and tests) the ones validation chose.
+
+    The best weights are also written to `out_dir/validation/` (safetensors, and the step and score
+    in JSON), so a resumed run still chooses among every evaluation since the start: its history
+    comes back from the run's `events.jsonl`, which the trainer trims to the resume point, and the
+    saved weights count only if their evaluation survived that trim. `step` reads the trainer's
+    step (set by the recipe once the trainer exists).
+    """
 
     def __init__(self, cfg: VLARunConfig, out_dir: Path):
         import fmmm.envs
@@ -448,6 +456,33 @@ class Validator:
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self.calls = 0
         self.history: list[dict[str, float]] = []
+        self.step: Any = lambda: None
+        self.saved = out_dir / "validation"
+        self._resumed = False
+
+    def _resume(self) -> None:
+        """Once, at the first evaluation: the evaluations before a resume and their best weights."""
+        from safetensors.torch import load_file
+
+        from fmmm.train.metrics import read_jsonl
+
+        if self._resumed:
+            return
+        self._resumed = True
+        events = self.out_dir / "events.jsonl"
+        if not events.exists():
+            return
+        for row in read_jsonl(events):
+            if row.get("event") == "eval" and "eval/val_success" in row:
+                metrics = {k.removeprefix("eval/"): v for k, v in row.items() if k[:5] == "eval/"}
+                self.history.append({**metrics, "step": row["step"]})
+        self.calls = len(self.history)
+        meta, weights = self.saved / "best.json", self.saved / "best.safetensors"
+        if meta.exists() and weights.exists():
+            best = json.loads(meta.read_text())
+            steps = [(h["step"], h["val_success"]) for h in self.history]
+            if (best["step"], best["val_success"]) in steps:
+                self.best = (best["val_success"], best["evaluation"], load_file(weights))
 
     def __call__(self, module: Any) -> dict[str, float]:
         import tempfile
@@ -456,6 +491,7 @@ class Validator:
         from fmmm.policies.vla import VLAPolicy
 
         cfg, vla = self.cfg, module
+        self._resume()
         self.calls += 1
         items = [(task, i) for task in self.tasks for i in range(cfg.eval.val_episodes)]
         with tempfile.TemporaryDirectory() as scratch:
@@ -486,11 +522,27 @@ class Validator:
             outcomes = [row["success"] for row in rows if row["task"] == task]
             metrics[f"val_success/{task}"] = float(np.mean(outcomes))
         metrics["val_success"] = float(np.mean([metrics[f"val_success/{t}"] for t in self.tasks]))
-        self.history.append(metrics)
+        step = self.step()
+        self.history.append({**metrics, "step": step})
         if self.best is None or metrics["val_success"] >= self.best[0]:  # ties: the later weights
             state = {k: v.detach().clone() for k, v in vla.state_dict().items()}
             self.best = (metrics["val_success"], self.calls, state)
+            if step is not None:
+                self._save_best(step)
         return metrics
+
+    def _save_best(self, step: int) -> None:
+        """The best weights, then their step and score (the JSON last: it vouches for them)."""
+        from safetensors.torch import save
+
+        score, evaluation, state = self.best
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        self.saved.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.saved / "best.safetensors", save(tensors))
+        atomic_write_json(
+            self.saved / "best.json",
+            {"step": step, "val_success": score, "evaluation": evaluation},
+        )
 
     def _log_filmstrip(self, video: Path, task: str, frames: int = 8) -> None:
         """The rollout to TensorBoard as one image of `frames` evenly spaced frames (TensorBoard's
@@ -546,6 +598,8 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
         count_tokens=lambda batch: int((batch.sample_ids > 0).sum()),
         evaluate=validator,
     )
+    if validator is not None:
+        validator.step = lambda: trainer.step
     mark = time.perf_counter()
     result = trainer.train()
     timings["train_seconds"] = time.perf_counter() - mark

@@ -11,6 +11,7 @@ from fmmm.tokenizers.sequence import Modality
 from fmmm.train.vla import (
     DemoFrames,
     FrameSamples,
+    Validator,
     VLARunConfig,
     adapt,
     build_vla,
@@ -224,12 +225,12 @@ def test_vla_run_on_several_tasks_trains_one_policy_and_evaluates_each(tmp_path)
     assert all(result["episodes"] == 1 for result in summary["eval"].values())
     # validation ran at step 2 and at the end, on both tasks, and chose one of them
     history = summary["validation"]["val_history"]
-    assert len(history) == 2 and set(history[0]) == {
-        "val_success",
-        "val_success/reach",
-        "val_success/push",
-    }
+    assert [row["step"] for row in history] == [2, 3]
+    assert set(history[0]) == {"val_success", "val_success/reach", "val_success/push", "step"}
     assert summary["validation"]["val_evaluation"] in (1, 2)
+    best = json.loads((tmp_path / "run" / "validation" / "best.json").read_text())
+    assert best["evaluation"] == summary["validation"]["val_evaluation"]
+    assert best["step"] == history[best["evaluation"] - 1]["step"]
     assert len(list((tmp_path / "run" / "val_videos").glob("*.mp4"))) == 2
     assert list((tmp_path / "run" / "tensorboard" / "rollouts").glob("events.*"))
 
@@ -311,3 +312,35 @@ def test_a_preempted_run_saves_no_policy_and_evaluates_nothing(tmp_path, reach_d
     assert summary["status"] == "preempted" and summary["eval"] is None
     assert not (tmp_path / "run" / "policy.json").exists()
     assert list((tmp_path / "run" / "ckpt").glob("step_*"))  # it resumes from here
+
+
+def test_a_resumed_run_keeps_the_validation_history_and_best_weights_of_before(tmp_path):
+    from safetensors.torch import save_file
+
+    from fmmm.utils.io import atomic_write_json
+
+    cfg = tiny_config(tmp_path, tmp_path / "demos")
+    run = tmp_path / "run"
+    (run / "validation").mkdir(parents=True)
+    events = [
+        {"event": "eval", "eval/val_success": 0.5, "eval/val_success/reach": 0.5, "step": 2},
+        {"event": "checkpoint", "step": 2},
+    ]
+    (run / "events.jsonl").write_text("".join(json.dumps(row) + "\n" for row in events))
+    weights = {"w": torch.arange(3.0)}
+    save_file(weights, run / "validation" / "best.safetensors")
+    atomic_write_json(run / "validation" / "best.json", {"step": 2, "val_success": 0.5,
+                                                         "evaluation": 1})  # fmt: skip
+    validator = Validator(cfg, run)
+    validator._resume()
+    assert validator.calls == 1
+    assert validator.history == [{"val_success": 0.5, "val_success/reach": 0.5, "step": 2}]
+    score, evaluation, state = validator.best
+    assert (score, evaluation) == (0.5, 1) and torch.equal(state["w"], weights["w"])
+
+    # weights whose evaluation the trainer trimmed away (a resume from before it) do not count
+    atomic_write_json(run / "validation" / "best.json", {"step": 4, "val_success": 0.75,
+                                                         "evaluation": 2})  # fmt: skip
+    validator = Validator(cfg, run)
+    validator._resume()
+    assert validator.calls == 1 and validator.best is None
