@@ -234,12 +234,7 @@ class Attention(nn.Module):
         cache: KVCache | None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
-        qkv = self.qkv(x).view(batch, length, self.n_heads + 2 * self.kv_heads, self.head_dim)
-        q, k, v = qkv.split([self.n_heads, self.kv_heads, self.kv_heads], dim=2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._project(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, KV, S, hd)
         gqa = self.kv_heads != self.n_heads
@@ -254,6 +249,23 @@ class Attention(nn.Module):
             y = _attend(q, k, v, mask, False, gqa)
         y = y.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
         return self.out(y)
+
+    def _project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries (B, H, T, hd), rotated keys and values (B, KV, T, hd) of x (B, T, D)."""
+        batch, length, _ = x.shape
+        qkv = self.qkv(x).view(batch, length, self.n_heads + 2 * self.kv_heads, self.head_dim)
+        q, k, v = qkv.split([self.n_heads, self.kv_heads, self.kv_heads], dim=2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def store(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> None:
+        """Only the cache update of `forward`: keys and values of x (B, T, D) after the cached ones."""
+        _, k, v = self._project(x, cos, sin)
+        cache.update(self.layer, k, v)
 
 
 def _attend(
@@ -412,26 +424,9 @@ class Transformer(nn.Module):
             raise ValueError(f"expected embeddings (B, T, {self.config.dim}), got {tuple(x.shape)}")
         batch, length, _ = x.shape
         past = cache.length if cache is not None else 0
-        if positions is None and past:
-            positions = torch.arange(past, past + length, device=x.device)
-            positions = F.pad(positions[:, None], (0, 2)).expand(batch, length, 3)
-        if positions is not None and positions.shape != (batch, length, 3):
-            raise ValueError(
-                f"positions must be (B, T, 3) = {(batch, length, 3)}, got {tuple(positions.shape)}"
-            )
-        cos, sin = self.rotary(positions, length, x.device)
-        mask = None
-        if attention_mask is not None:
-            keys = past + length
-            if attention_mask.shape != (batch, length, keys) or attention_mask.dtype != torch.bool:
-                raise ValueError(
-                    f"attention_mask must be bool (B, T, S) = {(batch, length, keys)}, "
-                    f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
-                )
-            self_key = torch.arange(past, keys, device=x.device)
-            diagonal = torch.zeros(length, keys, dtype=torch.bool, device=x.device)
-            diagonal[torch.arange(length, device=x.device), self_key] = True
-            mask = (attention_mask | diagonal)[:, None]  # (B, 1, T, S)
+        cos, sin, mask = self._angles_and_mask(
+            batch, length, past, positions, attention_mask, x.device
+        )
         aux = x.new_zeros((), dtype=torch.float32)
         for block in self.layers:
             if self.config.checkpoint_activations and self.training and cache is None:
@@ -442,3 +437,161 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = past + length
         return self.norm(x), aux * self.config.moe_aux_weight
+
+    def fill_cache(
+        self,
+        x: torch.Tensor,  # (B, T, D)
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cache: KVCache,
+    ) -> None:
+        """The cache update of `forward`, without what only the hidden states need: the last
+        block stores its keys and values and stops there (a prefix that later positions attend
+        to but whose own outputs nobody reads)."""
+        batch, length, _ = x.shape
+        past = cache.length
+        cos, sin, mask = self._angles_and_mask(
+            batch, length, past, positions, attention_mask, x.device
+        )
+        *blocks, last = self.layers
+        for block in blocks:
+            x, _ = block(x, cos, sin, mask, cache)
+        last.attn.store(last.attn_norm(x), cos, sin, cache)
+        cache.length = past + length
+
+    def _angles_and_mask(
+        self,
+        batch: int,
+        length: int,
+        past: int,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rotary cos, sin (B|1, 1, T, hd) and the (B, 1, T, S) attention mask of `forward`."""
+        if positions is None and past:
+            positions = torch.arange(past, past + length, device=device)
+            positions = F.pad(positions[:, None], (0, 2)).expand(batch, length, 3)
+        if positions is not None and positions.shape != (batch, length, 3):
+            raise ValueError(
+                f"positions must be (B, T, 3) = {(batch, length, 3)}, got {tuple(positions.shape)}"
+            )
+        cos, sin = self.rotary(positions, length, device)
+        if attention_mask is None:
+            return cos, sin, None
+        keys = past + length
+        if attention_mask.shape != (batch, length, keys) or attention_mask.dtype != torch.bool:
+            raise ValueError(
+                f"attention_mask must be bool (B, T, S) = {(batch, length, keys)}, "
+                f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
+            )
+        self_key = torch.arange(past, keys, device=device)
+        diagonal = torch.zeros(length, keys, dtype=torch.bool, device=device)
+        diagonal[torch.arange(length, device=device), self_key] = True
+        return cos, sin, (attention_mask | diagonal)[:, None]  # (B, 1, T, S)
+
+
+class PrefixPasses:
+    """Forward passes of the same T positions over a cached prefix, again and again: the Euler
+    steps of a flow-matching head, where the prefix (attending only to itself) never changes.
+
+    What every pass shares is prepared once: the positions' rotary angles, the attention mask
+    (None when every position sees every key: no padding) and each block's parameters (an
+    `nn.Module` attribute lookup costs microseconds). Each pass writes its keys and values to the
+    T cache slots after the prefix and leaves `cache.length` at the prefix, so nothing is copied
+    or concatenated per pass. At a few positions a module call costs about as much as its math:
+    the blocks run as functions on (B * T, D) rows, queries and keys rotated together and
+    residuals added by the matmuls. Hidden states equal `Transformer.forward` over the cache up
+    to float rounding (tests/models/test_backbone.py).
+    """
+
+    def __init__(
+        self,
+        backbone: Transformer,
+        positions: torch.Tensor,  # (B, T, 3) long
+        attention_mask: torch.Tensor | None,  # (B, T, S) bool, S = cache.length + T; None: all
+        cache: KVCache,
+    ):
+        batch, length, _ = positions.shape
+        if cache.length + length > cache.max_len:
+            raise ValueError(
+                f"KV cache overflow: {cache.length + length} positions > max_len {cache.max_len}"
+            )
+        cos, sin, mask = backbone._angles_and_mask(
+            batch, length, cache.length, positions, attention_mask, positions.device
+        )
+        half = cos.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # the signs of _rotate_half
+        self.cos = cos.transpose(1, 2).contiguous()  # (B|1, T, 1, hd): the same for every head
+        self.sin = sin.transpose(1, 2).contiguous()
+        self.mask = None if mask is None or bool(mask.all()) else mask  # (B, 1, T, S)
+        config = backbone.config
+        self.heads, self.kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.eps = config.norm_eps
+        self.batch, self.length, self.cache = batch, length, cache
+        self.blocks = [
+            (block.attn_norm.weight, block.attn.q_norm, block.attn.k_norm, _weight(block.attn.qkv),
+             _weight(block.attn.out), block.mlp_norm.weight, block.mlp)
+            for block in backbone.layers
+        ]  # fmt: skip
+        self.mlps = [
+            (_weight(mlp.gate_up), _weight(mlp.down)) if isinstance(mlp, SwiGLU) else None
+            for mlp in (block.mlp for block in backbone.layers)
+        ]
+        self.norm = backbone.norm.weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, T, D) of the T positions -> their hidden states (B, T, D)."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (B * T, D)
+        for layer, (block, mlp) in enumerate(zip(self.blocks, self.mlps)):
+            attn_norm, q_norm, k_norm, qkv, out, mlp_norm, moe = block
+            y = self._attention(layer, self._norm(x, attn_norm), qkv, q_norm, k_norm)
+            x = _linear(out, y, residual=x)
+            h = self._norm(x, mlp_norm)
+            if mlp is None:  # mixture of experts
+                x = x + moe(h)[0]
+                continue
+            gate_up, down = mlp
+            gate_up = _linear(gate_up, h)
+            hidden = gate_up.shape[-1] // 2
+            x = _linear(down, F.silu(gate_up[:, :hidden]).mul_(gate_up[:, hidden:]), residual=x)
+        return self._norm(x, self.norm).view(shape)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+
+    def _attention(self, layer, x, qkv, q_norm, k_norm) -> torch.Tensor:
+        """`Attention.forward` of x (B * T, D) before the output projection: (B * T, H * hd)."""
+        batch, length, heads, kv_heads = self.batch, self.length, self.heads, self.kv_heads
+        qkv = _linear(qkv, x).view(batch, length, heads + 2 * kv_heads, self.head_dim)
+        qk, v = qkv[:, :, : heads + kv_heads], qkv[:, :, heads + kv_heads :]
+        if q_norm is not None:
+            qk = torch.cat([q_norm(qk[:, :, :heads]), k_norm(qk[:, :, heads:])], dim=2)
+        half = self.head_dim // 2
+        swapped = torch.cat([qk[..., half:], qk[..., :half]], dim=-1)
+        qk = torch.addcmul(qk * self.cos, swapped, self.sin)  # apply_rotary, (B, T, H + KV, hd)
+        start, end = self.cache.length, self.cache.length + length
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys[:, :, start:end] = qk[:, :, heads:].transpose(1, 2)
+        values[:, :, start:end] = v.transpose(1, 2)
+        q = qk[:, :, :heads].transpose(1, 2)  # (B, H, T, hd)
+        y = _attend(q, keys[:, :, :end], values[:, :, :end], self.mask, False, kv_heads != heads)
+        return y.transpose(1, 2).reshape(batch * length, heads * self.head_dim)
+
+
+def _weight(layer: nn.Module) -> torch.Tensor | nn.Module:
+    """The weight of a plain bias-free `nn.Linear`, called as a function; any other layer (a
+    LoRA layer wraps one) stays a module."""
+    return layer.weight if type(layer) is nn.Linear and layer.bias is None else layer
+
+
+def _linear(
+    layer: torch.Tensor | nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`layer(x) + residual` for 2-D x: one matmul when `layer` is a weight (`_weight`)."""
+    if isinstance(layer, nn.Module):
+        return layer(x) if residual is None else residual + layer(x)
+    if residual is None:
+        return torch.mm(x, layer.t())
+    return torch.addmm(residual, x, layer.t())
