@@ -500,9 +500,10 @@ class PrefixPasses:
     `nn.Module` attribute lookup costs microseconds). Each pass writes its keys and values to the
     T cache slots after the prefix and leaves `cache.length` at the prefix, so nothing is copied
     or concatenated per pass. At a few positions a module call costs about as much as its math:
-    the blocks run as functions on (B * T, D) rows, queries and keys rotated together and
-    residuals added by the matmuls. Hidden states equal `Transformer.forward` over the cache up
-    to float rounding (tests/models/test_backbone.py).
+    the blocks run as one function (`_prefix_pass`) on (B * T, D) rows, queries and keys rotated
+    together and residuals added by the matmuls (`prefix_pass` is the same pass for callers
+    that torch.compile it). Hidden states equal `Transformer.forward` over the cache up to float
+    rounding (tests/models/test_backbone.py).
     """
 
     def __init__(
@@ -525,59 +526,75 @@ class PrefixPasses:
         self.cos = cos.transpose(1, 2).contiguous()  # (B|1, T, 1, hd): the same for every head
         self.sin = sin.transpose(1, 2).contiguous()
         self.mask = None if mask is None or bool(mask.all()) else mask  # (B, 1, T, S)
+        start, end = cache.length, cache.length + length
+        self.slots = [
+            (keys[:, :, start:end], values[:, :, start:end], keys[:, :, :end], values[:, :, :end])
+            for keys, values in zip(cache.keys, cache.values)
+        ]  # per layer: where the T keys and values go, and all the keys and values they see
         config = backbone.config
-        self.heads, self.kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.shape = (batch, length, config.n_heads, config.kv_heads, config.head_dim)
         self.eps = config.norm_eps
-        self.batch, self.length, self.cache = batch, length, cache
         self.blocks = [
             (block.attn_norm.weight, block.attn.q_norm, block.attn.k_norm, _weight(block.attn.qkv),
-             _weight(block.attn.out), block.mlp_norm.weight, block.mlp)
+             _weight(block.attn.out), block.mlp_norm.weight,
+             (_weight(block.mlp.gate_up), _weight(block.mlp.down))
+             if isinstance(block.mlp, SwiGLU) else block.mlp)
             for block in backbone.layers
         ]  # fmt: skip
-        self.mlps = [
-            (_weight(mlp.gate_up), _weight(mlp.down)) if isinstance(mlp, SwiGLU) else None
-            for mlp in (block.mlp for block in backbone.layers)
-        ]
         self.norm = backbone.norm.weight
+        self.cache = cache
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, T, D) of the T positions -> their hidden states (B, T, D)."""
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])  # (B * T, D)
-        for layer, (block, mlp) in enumerate(zip(self.blocks, self.mlps)):
-            attn_norm, q_norm, k_norm, qkv, out, mlp_norm, moe = block
-            y = self._attention(layer, self._norm(x, attn_norm), qkv, q_norm, k_norm)
-            x = _linear(out, y, residual=x)
-            h = self._norm(x, mlp_norm)
-            if mlp is None:  # mixture of experts
-                x = x + moe(h)[0]
-                continue
-            gate_up, down = mlp
-            gate_up = _linear(gate_up, h)
-            hidden = gate_up.shape[-1] // 2
-            x = _linear(down, F.silu(gate_up[:, :hidden]).mul_(gate_up[:, hidden:]), residual=x)
-        return self._norm(x, self.norm).view(shape)
+        hidden = _prefix_pass(
+            x.reshape(-1, x.shape[-1]), self.cos, self.sin, self.mask, self.slots, self.blocks,
+            self.norm, self.shape, self.eps,
+        )  # fmt: skip
+        return hidden.view(x.shape)
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+    def arguments(self) -> tuple:
+        """What `prefix_pass(x, *arguments)` needs besides x: the cache itself rather than views
+        of it (torch.compile would recompile for every new prefix length)."""
+        cache = self.cache
+        return (self.cos, self.sin, self.mask, cache.keys, cache.values, cache.length,
+                self.blocks, self.norm, self.shape, self.eps)  # fmt: skip
 
-    def _attention(self, layer, x, qkv, q_norm, k_norm) -> torch.Tensor:
-        """`Attention.forward` of x (B * T, D) before the output projection: (B * T, H * hd)."""
-        batch, length, heads, kv_heads = self.batch, self.length, self.heads, self.kv_heads
-        qkv = _linear(qkv, x).view(batch, length, heads + 2 * kv_heads, self.head_dim)
-        qk, v = qkv[:, :, : heads + kv_heads], qkv[:, :, heads + kv_heads :]
+
+def _prefix_pass(x, cos, sin, mask, slots, blocks, norm, shape, eps) -> torch.Tensor:
+    """One `PrefixPasses` pass, as a function of tensors: x (B * T, D) -> hidden (B * T, D)."""
+    batch, length, heads, kv_heads, head_dim = shape
+    for (new_keys, new_values, keys, values), block in zip(slots, blocks):
+        attn_norm, q_norm, k_norm, qkv, out, mlp_norm, mlp = block
+        h = F.rms_norm(x, (x.shape[-1],), attn_norm, eps)
+        qkv = _linear(qkv, h).view(batch, length, heads + 2 * kv_heads, head_dim)
+        qk, v = qkv.split([heads + kv_heads, kv_heads], dim=2)
         if q_norm is not None:
-            qk = torch.cat([q_norm(qk[:, :, :heads]), k_norm(qk[:, :, heads:])], dim=2)
-        half = self.head_dim // 2
-        swapped = torch.cat([qk[..., half:], qk[..., :half]], dim=-1)
-        qk = torch.addcmul(qk * self.cos, swapped, self.sin)  # apply_rotary, (B, T, H + KV, hd)
-        start, end = self.cache.length, self.cache.length + length
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[:, :, start:end] = qk[:, :, heads:].transpose(1, 2)
-        values[:, :, start:end] = v.transpose(1, 2)
-        q = qk[:, :, :heads].transpose(1, 2)  # (B, H, T, hd)
-        y = _attend(q, keys[:, :, :end], values[:, :, :end], self.mask, False, kv_heads != heads)
-        return y.transpose(1, 2).reshape(batch * length, heads * self.head_dim)
+            q, k = qk.split([heads, kv_heads], dim=2)
+            qk = torch.cat([q_norm(q), k_norm(k)], dim=2)
+        first, second = qk.chunk(2, dim=-1)
+        qk = torch.addcmul(qk * cos, torch.cat([second, first], dim=-1), sin)  # apply_rotary
+        q, k = qk.split([heads, kv_heads], dim=2)  # (B, T, H, hd), (B, T, KV, hd)
+        new_keys.copy_(k.transpose(1, 2))
+        new_values.copy_(v.transpose(1, 2))
+        y = _attend(q.transpose(1, 2), keys, values, mask, False, kv_heads != heads)
+        x = _linear(out, y.transpose(1, 2).reshape(batch * length, heads * head_dim), x)
+        h = F.rms_norm(x, (x.shape[-1],), mlp_norm, eps)
+        if not isinstance(mlp, tuple):  # mixture of experts
+            x = x + mlp(h)[0]
+            continue
+        gate, up = _linear(mlp[0], h).chunk(2, dim=-1)
+        x = _linear(mlp[1], F.silu(gate).mul_(up), x)
+    return F.rms_norm(x, (x.shape[-1],), norm, eps)
+
+
+def prefix_pass(x, cos, sin, mask, keys, values, start, blocks, norm, shape, eps) -> torch.Tensor:
+    """A `PrefixPasses` pass as a function of tensors (`PrefixPasses.arguments`), for callers
+    that torch.compile it: x (B, T, D) -> hidden (B, T, D)."""
+    end = start + shape[1]
+    slots = [(k[:, :, start:end], v[:, :, start:end], k[:, :, :end], v[:, :, :end])
+             for k, v in zip(keys, values)]  # fmt: skip
+    rows = x.reshape(-1, x.shape[-1])
+    return _prefix_pass(rows, cos, sin, mask, slots, blocks, norm, shape, eps).view(x.shape)
 
 
 def _weight(layer: nn.Module) -> torch.Tensor | nn.Module:

@@ -16,6 +16,7 @@ A run directory holds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections import deque
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmmm.models.backbone import PrefixPasses
+from fmmm.models.backbone import PrefixPasses, prefix_pass
 from fmmm.models.multimodal import TOKENIZERS_DIR, MultimodalModel
 from fmmm.policies.factory import PolicyFactory, policy_registry
 from fmmm.policies.heads import HEADS, ContinuousActionHead, sample_flow_time
@@ -67,6 +68,10 @@ class VLAConfig:
     # "flow" (a flow-matching action expert integrated in `flow_steps` Euler steps; pi0).
     head: str = "tokens"
     flow_steps: int = 10
+    # torch.compile the flow head's Euler steps over the cached prefix, as one graph. Opt-in: it
+    # needs a C++ compiler and compiles for about 30 s on a 2-core CPU at the first chunk, and
+    # again at the first chunk of another prefix length or batch size (then shapes go dynamic).
+    flow_compile: bool = False
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -512,15 +517,16 @@ class VLA(nn.Module):
         positions = token_positions((lengths[:, None] + torch.arange(chunk)).flatten())
         positions = positions.view(rows, chunk, 3)
         keys = torch.cat([prefix.sample_ids > 0, torch.ones(rows, chunk, dtype=torch.bool)], 1)
-        passes = PrefixPasses(
-            model.backbone, positions, keys[:, None, :].expand(rows, chunk, width + chunk), cache
-        )
+        mask = keys[:, None, :].expand(rows, chunk, width + chunk)
+        passes = PrefixPasses(model.backbone, positions, mask, cache)
         ids = self.action_segment().ids.expand(rows, chunk)
         embedded = model.embed(ids) + model.modality_embed.weight[int(Modality.ACTION)]
         times = torch.tensor([1.0 - k / steps for k in range(steps)])
         fixed = embedded + head.flow_inputs(times).to(embedded.dtype)[:, None]  # (S, K, chunk, D)
+        if self.config.flow_compile:
+            return _compiled_euler_steps()(head, unit, fixed, passes.arguments())
         for k in range(steps):
-            x = fixed[k] + head.action_in(unit.to(embedded.dtype))
+            x = fixed[k] + head.action_in(unit.to(fixed.dtype))
             unit = unit - head(passes(x)) / steps
         return unit
 
@@ -612,6 +618,24 @@ class VLA(nn.Module):
             vla.action_head.load_state_dict(load_file(path))
         vla.eval()
         return vla
+
+
+def _euler_steps(
+    head: ContinuousActionHead, unit: torch.Tensor, fixed: torch.Tensor, arguments: tuple
+) -> torch.Tensor:
+    """`VLA._cached_flow`'s Euler steps as one function of tensors, for torch.compile to make one
+    graph of (`flow_compile`): `fixed` (S, K, chunk, D) holds each step's inputs but the noisy
+    actions', `arguments` the prefix passes' (`PrefixPasses.arguments`)."""
+    steps = fixed.shape[0]
+    for k in range(steps):
+        x = fixed[k] + head.action_in(unit.to(fixed.dtype))
+        unit = unit - head(prefix_pass(x, *arguments)) / steps
+    return unit
+
+
+@functools.cache
+def _compiled_euler_steps() -> Any:
+    return torch.compile(_euler_steps)
 
 
 def is_lora(model: nn.Module) -> bool:

@@ -135,3 +135,12 @@ def test_flow_with_the_prefix_cache_runs_unmerged_lora_adapters():
     cached = vla.predict_chunks([observation(0)], noise)
     vla.config.use_cache = False
     np.testing.assert_allclose(vla.predict_chunks([observation(0)], noise), cached, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_flow_steps_give_the_eager_actions():
+    vla = make_vla(cameras=["agentview"], head="flow", chunk=2, flow_steps=2)
+    noise = torch.randn(1, 2, 7, generator=torch.Generator().manual_seed(2))
+    eager = vla.predict_chunks([observation(0)], noise)
+    vla.config.flow_compile = True
+    np.testing.assert_allclose(vla.predict_chunks([observation(0)], noise), eager, atol=1e-5)
