@@ -26,7 +26,9 @@ import torch
 STATE_DIM = 16
 
 
-def quickstart_vla(chunk: int, head: str = "tokens", flow_steps: int = 10):
+def quickstart_vla(
+    chunk: int, head: str = "tokens", flow_steps: int = 10, flow_compile: bool = False
+):
     """The quickstart's VLA (configs/quickstart.yaml: conv stem, FiLM, both cameras), random weights."""
     from dataclasses import replace
 
@@ -51,7 +53,7 @@ def quickstart_vla(chunk: int, head: str = "tokens", flow_steps: int = 10):
     model, builder = create_model_and_builder(config, tokenizers)
     policy = replace(
         cfg.policy, chunk=chunk, execute=chunk, normalize_patches=False, head=head,
-        flow_steps=flow_steps,
+        flow_steps=flow_steps, flow_compile=flow_compile,
     )  # fmt: skip
     return VLA(model, builder, policy).eval()
 
@@ -92,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", default="1,4", help="comma-separated chunk sizes")
     parser.add_argument("--heads", default="tokens", help="comma-separated heads: tokens,l1,flow")
     parser.add_argument("--flow-steps", type=int, default=10, help="Euler steps of the flow head")
+    parser.add_argument(
+        "--flow-compile", action="store_true", help="torch.compile the flow head's Euler steps"
+    )
     parser.add_argument("--seconds", type=float, default=4.0, help="timing window per setting")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per setting")
@@ -110,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     for chunk, head, _ in settings:
         if (chunk, head) not in vlas:
             vlas[chunk, head] = (
-                VLA.load(args.policy, chunk=chunk, execute=chunk)
+                VLA.load(args.policy, chunk=chunk, execute=chunk, flow_compile=args.flow_compile)
                 if args.policy
-                else quickstart_vla(chunk, head, args.flow_steps)
+                else quickstart_vla(chunk, head, args.flow_steps, args.flow_compile)
             )
     rates: dict[tuple[int, str, bool], list[float]] = {s: [] for s in settings}
     for _ in range(args.repeats):  # interleaved, so machine load hits every setting alike

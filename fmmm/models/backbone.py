@@ -234,12 +234,7 @@ class Attention(nn.Module):
         cache: KVCache | None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
-        qkv = self.qkv(x).view(batch, length, self.n_heads + 2 * self.kv_heads, self.head_dim)
-        q, k, v = qkv.split([self.n_heads, self.kv_heads, self.kv_heads], dim=2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._project(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, KV, S, hd)
         gqa = self.kv_heads != self.n_heads
@@ -254,6 +249,23 @@ class Attention(nn.Module):
             y = _attend(q, k, v, mask, False, gqa)
         y = y.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
         return self.out(y)
+
+    def _project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries (B, H, T, hd), rotated keys and values (B, KV, T, hd) of x (B, T, D)."""
+        batch, length, _ = x.shape
+        qkv = self.qkv(x).view(batch, length, self.n_heads + 2 * self.kv_heads, self.head_dim)
+        q, k, v = qkv.split([self.n_heads, self.kv_heads, self.kv_heads], dim=2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def store(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> None:
+        """Only the cache update of `forward`: keys and values of x (B, T, D) after the cached ones."""
+        _, k, v = self._project(x, cos, sin)
+        cache.update(self.layer, k, v)
 
 
 def _attend(
@@ -412,26 +424,9 @@ class Transformer(nn.Module):
             raise ValueError(f"expected embeddings (B, T, {self.config.dim}), got {tuple(x.shape)}")
         batch, length, _ = x.shape
         past = cache.length if cache is not None else 0
-        if positions is None and past:
-            positions = torch.arange(past, past + length, device=x.device)
-            positions = F.pad(positions[:, None], (0, 2)).expand(batch, length, 3)
-        if positions is not None and positions.shape != (batch, length, 3):
-            raise ValueError(
-                f"positions must be (B, T, 3) = {(batch, length, 3)}, got {tuple(positions.shape)}"
-            )
-        cos, sin = self.rotary(positions, length, x.device)
-        mask = None
-        if attention_mask is not None:
-            keys = past + length
-            if attention_mask.shape != (batch, length, keys) or attention_mask.dtype != torch.bool:
-                raise ValueError(
-                    f"attention_mask must be bool (B, T, S) = {(batch, length, keys)}, "
-                    f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
-                )
-            self_key = torch.arange(past, keys, device=x.device)
-            diagonal = torch.zeros(length, keys, dtype=torch.bool, device=x.device)
-            diagonal[torch.arange(length, device=x.device), self_key] = True
-            mask = (attention_mask | diagonal)[:, None]  # (B, 1, T, S)
+        cos, sin, mask = self._angles_and_mask(
+            batch, length, past, positions, attention_mask, x.device
+        )
         aux = x.new_zeros((), dtype=torch.float32)
         for block in self.layers:
             if self.config.checkpoint_activations and self.training and cache is None:
@@ -442,3 +437,178 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = past + length
         return self.norm(x), aux * self.config.moe_aux_weight
+
+    def fill_cache(
+        self,
+        x: torch.Tensor,  # (B, T, D)
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cache: KVCache,
+    ) -> None:
+        """The cache update of `forward`, without what only the hidden states need: the last
+        block stores its keys and values and stops there (a prefix that later positions attend
+        to but whose own outputs nobody reads)."""
+        batch, length, _ = x.shape
+        past = cache.length
+        cos, sin, mask = self._angles_and_mask(
+            batch, length, past, positions, attention_mask, x.device
+        )
+        *blocks, last = self.layers
+        for block in blocks:
+            x, _ = block(x, cos, sin, mask, cache)
+        last.attn.store(last.attn_norm(x), cos, sin, cache)
+        cache.length = past + length
+
+    def _angles_and_mask(
+        self,
+        batch: int,
+        length: int,
+        past: int,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rotary cos, sin (B|1, 1, T, hd) and the (B, 1, T, S) attention mask of `forward`."""
+        if positions is None and past:
+            positions = torch.arange(past, past + length, device=device)
+            positions = F.pad(positions[:, None], (0, 2)).expand(batch, length, 3)
+        if positions is not None and positions.shape != (batch, length, 3):
+            raise ValueError(
+                f"positions must be (B, T, 3) = {(batch, length, 3)}, got {tuple(positions.shape)}"
+            )
+        cos, sin = self.rotary(positions, length, device)
+        if attention_mask is None:
+            return cos, sin, None
+        keys = past + length
+        if attention_mask.shape != (batch, length, keys) or attention_mask.dtype != torch.bool:
+            raise ValueError(
+                f"attention_mask must be bool (B, T, S) = {(batch, length, keys)}, "
+                f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
+            )
+        self_key = torch.arange(past, keys, device=device)
+        diagonal = torch.zeros(length, keys, dtype=torch.bool, device=device)
+        diagonal[torch.arange(length, device=device), self_key] = True
+        return cos, sin, (attention_mask | diagonal)[:, None]  # (B, 1, T, S)
+
+
+class PrefixPasses:
+    """Forward passes of the same T positions over a cached prefix, again and again: the Euler
+    steps of a flow-matching head, where the prefix (attending only to itself) never changes.
+
+    What every pass shares is prepared once: the positions' rotary angles, the attention mask
+    (None when every position sees every key: no padding) and each block's parameters (an
+    `nn.Module` attribute lookup costs microseconds). Each pass writes its keys and values to the
+    T cache slots after the prefix and leaves `cache.length` at the prefix, so nothing is copied
+    or concatenated per pass. At a few positions a module call costs about as much as its math:
+    the blocks run as one function (`_prefix_pass`) on (B * T, D) rows, queries and keys rotated
+    together and residuals added by the matmuls (`prefix_pass` is the same pass for callers
+    that torch.compile it). Hidden states equal `Transformer.forward` over the cache up to float
+    rounding (tests/models/test_backbone.py).
+    """
+
+    def __init__(
+        self,
+        backbone: Transformer,
+        positions: torch.Tensor,  # (B, T, 3) long
+        attention_mask: torch.Tensor | None,  # (B, T, S) bool, S = cache.length + T; None: all
+        cache: KVCache,
+    ):
+        batch, length, _ = positions.shape
+        if cache.length + length > cache.max_len:
+            raise ValueError(
+                f"KV cache overflow: {cache.length + length} positions > max_len {cache.max_len}"
+            )
+        cos, sin, mask = backbone._angles_and_mask(
+            batch, length, cache.length, positions, attention_mask, positions.device
+        )
+        half = cos.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # the signs of _rotate_half
+        self.cos = cos.transpose(1, 2).contiguous()  # (B|1, T, 1, hd): the same for every head
+        self.sin = sin.transpose(1, 2).contiguous()
+        self.mask = None if mask is None or bool(mask.all()) else mask  # (B, 1, T, S)
+        start, end = cache.length, cache.length + length
+        self.slots = [
+            (keys[:, :, start:end], values[:, :, start:end], keys[:, :, :end], values[:, :, :end])
+            for keys, values in zip(cache.keys, cache.values)
+        ]  # per layer: where the T keys and values go, and all the keys and values they see
+        config = backbone.config
+        self.shape = (batch, length, config.n_heads, config.kv_heads, config.head_dim)
+        self.eps = config.norm_eps
+        self.blocks = [
+            (block.attn_norm.weight, block.attn.q_norm, block.attn.k_norm, _weight(block.attn.qkv),
+             _weight(block.attn.out), block.mlp_norm.weight,
+             (_weight(block.mlp.gate_up), _weight(block.mlp.down))
+             if isinstance(block.mlp, SwiGLU) else block.mlp)
+            for block in backbone.layers
+        ]  # fmt: skip
+        self.norm = backbone.norm.weight
+        self.cache = cache
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, T, D) of the T positions -> their hidden states (B, T, D)."""
+        hidden = _prefix_pass(
+            x.reshape(-1, x.shape[-1]), self.cos, self.sin, self.mask, self.slots, self.blocks,
+            self.norm, self.shape, self.eps,
+        )  # fmt: skip
+        return hidden.view(x.shape)
+
+    def arguments(self) -> tuple:
+        """What `prefix_pass(x, *arguments)` needs besides x: the cache itself rather than views
+        of it (torch.compile would recompile for every new prefix length)."""
+        cache = self.cache
+        return (self.cos, self.sin, self.mask, cache.keys, cache.values, cache.length,
+                self.blocks, self.norm, self.shape, self.eps)  # fmt: skip
+
+
+def _prefix_pass(x, cos, sin, mask, slots, blocks, norm, shape, eps) -> torch.Tensor:
+    """One `PrefixPasses` pass, as a function of tensors: x (B * T, D) -> hidden (B * T, D)."""
+    batch, length, heads, kv_heads, head_dim = shape
+    for (new_keys, new_values, keys, values), block in zip(slots, blocks):
+        attn_norm, q_norm, k_norm, qkv, out, mlp_norm, mlp = block
+        h = F.rms_norm(x, (x.shape[-1],), attn_norm, eps)
+        qkv = _linear(qkv, h).view(batch, length, heads + 2 * kv_heads, head_dim)
+        qk, v = qkv.split([heads + kv_heads, kv_heads], dim=2)
+        if q_norm is not None:
+            q, k = qk.split([heads, kv_heads], dim=2)
+            qk = torch.cat([q_norm(q), k_norm(k)], dim=2)
+        first, second = qk.chunk(2, dim=-1)
+        qk = torch.addcmul(qk * cos, torch.cat([second, first], dim=-1), sin)  # apply_rotary
+        q, k = qk.split([heads, kv_heads], dim=2)  # (B, T, H, hd), (B, T, KV, hd)
+        new_keys.copy_(k.transpose(1, 2))
+        new_values.copy_(v.transpose(1, 2))
+        y = _attend(q.transpose(1, 2), keys, values, mask, False, kv_heads != heads)
+        x = _linear(out, y.transpose(1, 2).reshape(batch * length, heads * head_dim), x)
+        h = F.rms_norm(x, (x.shape[-1],), mlp_norm, eps)
+        if not isinstance(mlp, tuple):  # mixture of experts
+            x = x + mlp(h)[0]
+            continue
+        gate, up = _linear(mlp[0], h).chunk(2, dim=-1)
+        x = _linear(mlp[1], F.silu(gate).mul_(up), x)
+    return F.rms_norm(x, (x.shape[-1],), norm, eps)
+
+
+def prefix_pass(x, cos, sin, mask, keys, values, start, blocks, norm, shape, eps) -> torch.Tensor:
+    """A `PrefixPasses` pass as a function of tensors (`PrefixPasses.arguments`), for callers
+    that torch.compile it: x (B, T, D) -> hidden (B, T, D)."""
+    end = start + shape[1]
+    slots = [(k[:, :, start:end], v[:, :, start:end], k[:, :, :end], v[:, :, :end])
+             for k, v in zip(keys, values)]  # fmt: skip
+    rows = x.reshape(-1, x.shape[-1])
+    return _prefix_pass(rows, cos, sin, mask, slots, blocks, norm, shape, eps).view(x.shape)
+
+
+def _weight(layer: nn.Module) -> torch.Tensor | nn.Module:
+    """The weight of a plain bias-free `nn.Linear`, called as a function; any other layer (a
+    LoRA layer wraps one) stays a module."""
+    return layer.weight if type(layer) is nn.Linear and layer.bias is None else layer
+
+
+def _linear(
+    layer: torch.Tensor | nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`layer(x) + residual` for 2-D x: one matmul when `layer` is a weight (`_weight`)."""
+    if isinstance(layer, nn.Module):
+        return layer(x) if residual is None else residual + layer(x)
+    if residual is None:
+        return torch.mm(x, layer.t())
+    return torch.addmm(residual, x, layer.t())

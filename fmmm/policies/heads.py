@@ -61,6 +61,13 @@ class ContinuousActionHead(nn.Module):
             x = x + self.action_in(noisy.to(x.dtype)) + time[:, None]
         return x
 
+    def flow_inputs(self, times: torch.Tensor) -> torch.Tensor:
+        """(S, chunk, dim): the part of `inputs` that the noisy actions do not change, at each of
+        S flow times shared by every row (the Euler steps of inference); add
+        `action_in(noisy)` at each step."""
+        time = self.time_mlp(timestep_features(times, self.dim).to(self.queries.dtype))  # (S, dim)
+        return self.queries + time[:, None]
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, chunk, dim) -> (B, chunk, action_dim): actions (l1) or velocities."""
         return self.out(hidden).float()

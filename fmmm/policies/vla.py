@@ -16,6 +16,7 @@ A run directory holds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections import deque
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmmm.models.backbone import PrefixPasses, prefix_pass
 from fmmm.models.multimodal import TOKENIZERS_DIR, MultimodalModel
 from fmmm.policies.factory import PolicyFactory, policy_registry
 from fmmm.policies.heads import HEADS, ContinuousActionHead, sample_flow_time
@@ -66,6 +68,10 @@ class VLAConfig:
     # "flow" (a flow-matching action expert integrated in `flow_steps` Euler steps; pi0).
     head: str = "tokens"
     flow_steps: int = 10
+    # torch.compile the flow head's Euler steps over the cached prefix, as one graph. Opt-in: it
+    # needs a C++ compiler and compiles for about 30 s on a 2-core CPU at the first chunk, and
+    # again at the first chunk of another prefix length or batch size (then shapes go dynamic).
+    flow_compile: bool = False
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -434,26 +440,24 @@ class VLA(nn.Module):
             if len(observations) == 1 or not self.config.use_cache:
                 return np.stack([self.predict_chunk(o) for o in observations])
             return self._decode_batch(observations)
-        samples = [self.prefix_segments(o) + [self.action_segment()] for o in observations]
-        length = max(sum(len(s) for s in sample) for sample in samples)
-        batch = open_action_block(self.builder.build(samples, length, pack=False))
-        rows, shape = len(samples), (len(samples), self.config.chunk, self.action_dim)
+        prefixes = [self.prefix_segments(o) for o in observations]
         if self.config.head == "l1":
-            unit, _ = self._head_outputs(batch)
+            unit, _ = self._head_outputs(self._action_batch(prefixes))
         else:
+            shape = (len(prefixes), self.config.chunk, self.action_dim)
             unit = torch.randn(shape, generator=self.generator) if noise is None else noise
             if unit.shape != shape:
                 raise ValueError(f"noise must have shape {shape}, got {tuple(unit.shape)}")
-            steps = self.config.flow_steps
-            velocity_at = (
-                self._cached_flow(samples, batch) if self.config.use_cache
-                else lambda unit, t: self._head_outputs(batch, unit, t)[0]
-            )  # fmt: skip
-            for k in range(steps):
-                t = torch.full((rows,), 1.0 - k / steps)
-                unit = unit - velocity_at(unit, t) / steps
+            integrate = self._cached_flow if self.config.use_cache else self._uncached_flow
+            unit = integrate(prefixes, unit)
         actions = self.unnormalize_actions(unit.clamp(-1.5, 1.5)).clamp(-1.0, 1.0)
         return actions.numpy().astype(np.float32)
+
+    def _action_batch(self, prefixes: list[list[Segment]]) -> MultimodalBatch:
+        """The prefixes followed by the continuous head's `chunk` action positions."""
+        samples = [prefix + [self.action_segment()] for prefix in prefixes]
+        length = max(sum(len(s) for s in sample) for sample in samples)
+        return open_action_block(self.builder.build(samples, length, pack=False))
 
     def _decode_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
         """Greedy KV-cached decoding of K prefixes of different lengths at once (the tokens head):
@@ -486,31 +490,45 @@ class VLA(nn.Module):
         actions = self.builder.action_tokenizer.decode(tokens).clamp(-1.0, 1.0)
         return actions.numpy().astype(np.float32)
 
-    def _cached_flow(self, samples: list[list[Segment]], batch: MultimodalBatch) -> Any:
-        """The flow head's velocity as a function of (noisy chunk, t) that runs only the `chunk`
-        action positions through the backbone, over the prefix's keys and values computed once
-        (the prefix never attends to the actions, so they do not change between Euler steps)."""
-        model = base_model(self.model)
-        prefixes = [sample[:-1] for sample in samples]
+    def _uncached_flow(self, prefixes: list[list[Segment]], unit: torch.Tensor) -> torch.Tensor:
+        """Euler integration of the flow head from `unit` (K, chunk, D) at t = 1 to t = 0, each
+        step one forward pass over the whole sequence (the reference for `_cached_flow`)."""
+        batch, steps = self._action_batch(prefixes), self.config.flow_steps
+        for k in range(steps):
+            t = torch.full((len(prefixes),), 1.0 - k / steps)
+            unit = unit - self._head_outputs(batch, unit, t)[0] / steps
+        return unit
+
+    def _cached_flow(self, prefixes: list[list[Segment]], unit: torch.Tensor) -> torch.Tensor:
+        """`_uncached_flow` with only the `chunk` action positions run at each step, over the
+        prefix's keys and values computed once (the prefix never attends to the actions). What
+        the steps share is computed once too: the action positions' rotary angles and mask, their
+        embeddings, the query and time inputs of every step (the flow times are known ahead)."""
+        model, head = base_model(self.model), self.action_head
         prefix = self.builder.build(prefixes, max(sum(map(len, p)) for p in prefixes), pack=False)
         rows, width = prefix.input_ids.shape
-        chunk = self.config.chunk
+        chunk, steps = self.config.chunk, self.config.flow_steps
         cache = model.new_cache(rows, width + chunk)
-        model.backbone(model.embed_batch(prefix), prefix.positions, prefix.attention_mask, cache)
-        where = batch.modality == int(Modality.ACTION)
-        positions = batch.positions[where].view(rows, chunk, 3)
-        ids = batch.input_ids[where].view(rows, chunk)
-        base = model.embed(ids) + model.modality_embed.weight[int(Modality.ACTION)]
-        keys = (prefix.sample_ids > 0)[:, None, :].expand(rows, chunk, width)
-        mask = torch.cat([keys, torch.ones(rows, chunk, chunk, dtype=torch.bool)], dim=-1)
-
-        def velocity(unit: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            x = base + self.action_head.inputs(rows, unit, t).to(base.dtype)
-            hidden, _ = model.backbone(x, positions, mask, cache)
-            cache.length = width  # drop this step's keys: the next step overwrites them
-            return self.action_head(hidden)
-
-        return velocity
+        model.backbone.fill_cache(
+            model.embed_batch(prefix), prefix.positions, prefix.attention_mask, cache
+        )
+        # The action segment continues each row's positions after its prefix (SequenceBuilder).
+        lengths = (prefix.sample_ids > 0).sum(dim=1)  # (K,)
+        positions = token_positions((lengths[:, None] + torch.arange(chunk)).flatten())
+        positions = positions.view(rows, chunk, 3)
+        keys = torch.cat([prefix.sample_ids > 0, torch.ones(rows, chunk, dtype=torch.bool)], 1)
+        mask = keys[:, None, :].expand(rows, chunk, width + chunk)
+        passes = PrefixPasses(model.backbone, positions, mask, cache)
+        ids = self.action_segment().ids.expand(rows, chunk)
+        embedded = model.embed(ids) + model.modality_embed.weight[int(Modality.ACTION)]
+        times = torch.tensor([1.0 - k / steps for k in range(steps)])
+        fixed = embedded + head.flow_inputs(times).to(embedded.dtype)[:, None]  # (S, K, chunk, D)
+        if self.config.flow_compile:
+            return _compiled_euler_steps()(head, unit, fixed, passes.arguments())
+        for k in range(steps):
+            x = fixed[k] + head.action_in(unit.to(fixed.dtype))
+            unit = unit - head(passes(x)) / steps
+        return unit
 
     def _greedy(self, logits: torch.Tensor) -> int:
         """Argmax over the action bins of (1, V) logits."""
@@ -600,6 +618,24 @@ class VLA(nn.Module):
             vla.action_head.load_state_dict(load_file(path))
         vla.eval()
         return vla
+
+
+def _euler_steps(
+    head: ContinuousActionHead, unit: torch.Tensor, fixed: torch.Tensor, arguments: tuple
+) -> torch.Tensor:
+    """`VLA._cached_flow`'s Euler steps as one function of tensors, for torch.compile to make one
+    graph of (`flow_compile`): `fixed` (S, K, chunk, D) holds each step's inputs but the noisy
+    actions', `arguments` the prefix passes' (`PrefixPasses.arguments`)."""
+    steps = fixed.shape[0]
+    for k in range(steps):
+        x = fixed[k] + head.action_in(unit.to(fixed.dtype))
+        unit = unit - head(prefix_pass(x, *arguments)) / steps
+    return unit
+
+
+@functools.cache
+def _compiled_euler_steps() -> Any:
+    return torch.compile(_euler_steps)
 
 
 def is_lora(model: nn.Module) -> bool:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fmmm.models.backbone import KVCache, Transformer, TransformerConfig, preset
+from fmmm.models.backbone import KVCache, PrefixPasses, Transformer, TransformerConfig, preset
 
 
 def _model(seed: int = 0, **overrides) -> Transformer:
@@ -97,6 +97,75 @@ def test_kv_cache_with_prefix_mask_and_explicit_positions_matches_full_forward()
         for t in range(5, 9):
             parts.append(model(x[:, t : t + 1], positions[:, t : t + 1], cache=cache)[0])
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-5)
+
+
+def _padded_prefix_and_block(prefix: int = 6, block: int = 3):
+    """Two rows: a bidirectional prefix (row 1 padded after 4 positions), then `block` positions
+    after each row's prefix that see its prefix and each other (a flow head's action chunk)."""
+    valid = torch.tensor([[True] * prefix, [True] * 4 + [False] * (prefix - 4)])
+    same = valid[:, :, None] & valid[:, None, :]
+    prefix_mask = same | torch.eye(prefix, dtype=torch.bool)
+    t = torch.arange(prefix)[None, :, None].expand(2, prefix, 1)
+    prefix_positions = torch.nn.functional.pad(t, (0, 2))
+    starts = valid.sum(dim=1)
+    t = (starts[:, None] + torch.arange(block))[:, :, None]
+    block_positions = torch.nn.functional.pad(t, (0, 2))
+    keys = torch.cat([valid, torch.ones(2, block, dtype=torch.bool)], dim=1)
+    block_mask = keys[:, None, :].expand(2, block, prefix + block)
+    return prefix_positions, prefix_mask, block_positions, block_mask
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"qk_norm": True, "n_kv_heads": 1}, {"n_experts": 4}, {"n_layers": 1}]
+)
+def test_prefix_passes_match_forward_over_the_cache(overrides):
+    model = _model(**overrides)
+    prefix_positions, prefix_mask, positions, mask = _padded_prefix_and_block()
+    prefix = _inputs(length=6)
+    with torch.no_grad():
+        cache = KVCache(model.config, 2, 9)
+        model.fill_cache(prefix, prefix_positions, prefix_mask, cache)
+        assert cache.length == 6
+        passes = PrefixPasses(model, positions, mask, cache)
+        for seed in (2, 3):  # a second pass overwrites the first one's keys and values
+            x = _inputs(length=3, seed=seed)
+            hidden = passes(x)
+            assert cache.length == 6
+            reference = KVCache(model.config, 2, 9)
+            model(prefix, prefix_positions, prefix_mask, reference)
+            expected, _ = model(x, positions, mask, reference)
+            torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-5)
+
+
+def test_prefix_passes_without_padding_need_no_mask():
+    model = _model()
+    x = _inputs(batch=1, length=9)
+    positions = torch.arange(9)[None, :, None].expand(1, 9, 1)
+    positions = torch.nn.functional.pad(positions, (0, 2))
+    full_mask = torch.ones(1, 9, 9, dtype=torch.bool)
+    full_mask[:, :6, 6:] = False  # the prefix does not see the block
+    with torch.no_grad():
+        full, _ = model(x, positions, full_mask)
+        cache = KVCache(model.config, 1, 9)
+        model.fill_cache(x[:, :6], positions[:, :6], full_mask[:, :6, :6], cache)
+        passes = PrefixPasses(model, positions[:, 6:], full_mask[:, 6:], cache)
+        assert passes.mask is None
+        torch.testing.assert_close(passes(x[:, 6:]), full[:, 6:], rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="overflow"):
+            PrefixPasses(model, positions[:, 5:], torch.ones(1, 4, 10, dtype=torch.bool), cache)
+
+
+def test_fill_cache_stores_the_keys_and_values_of_forward():
+    model = _model()
+    prefix_positions, prefix_mask, _, _ = _padded_prefix_and_block()
+    x = _inputs(length=6)
+    with torch.no_grad():
+        filled, forward = KVCache(model.config, 2, 6), KVCache(model.config, 2, 6)
+        model.fill_cache(x, prefix_positions, prefix_mask, filled)
+        model(x, prefix_positions, prefix_mask, forward)
+    assert filled.length == forward.length == 6
+    for ours, theirs in zip(filled.keys + filled.values, forward.keys + forward.values):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_kv_cache_overflow_raises():

@@ -111,10 +111,36 @@ def test_policy_refuses_an_env_whose_state_is_named_differently(tmp_path):
     assert isinstance(factory(Env()), VLAPolicy)
 
 
-def test_flow_with_the_prefix_cache_equals_full_recomputation():
+@pytest.mark.parametrize("rows", [1, 2])
+def test_flow_with_the_prefix_cache_equals_full_recomputation(rows):
+    # one row: no padding (no attention mask); two rows of different lengths: padded prefixes
     vla = make_vla(cameras=["agentview", "wrist"], head="flow", chunk=3, flow_steps=4)
     observations = [observation(0, "reach the red cube"), observation(1, "open the top drawer")]
-    noise = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(2))
-    cached = vla.predict_chunks(observations, noise)
+    noise = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(2))[:rows]
+    cached = vla.predict_chunks(observations[:rows], noise)
     vla.config.use_cache = False
-    np.testing.assert_allclose(vla.predict_chunks(observations, noise), cached, atol=1e-5)
+    np.testing.assert_allclose(vla.predict_chunks(observations[:rows], noise), cached, atol=1e-5)
+
+
+def test_flow_with_the_prefix_cache_runs_unmerged_lora_adapters():
+    from fmmm.policies.lora import LoRAConfig, add_lora
+
+    vla = make_vla(cameras=["agentview"], head="flow", chunk=3, flow_steps=3)
+    vla.model = add_lora(vla.model, LoRAConfig(rank=4, alpha=8))
+    with torch.no_grad():
+        for name, param in vla.model.named_parameters():
+            if "lora_B" in name:  # LoRA starts as the identity; make the adapters count
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    noise = torch.randn(1, 3, 7, generator=torch.Generator().manual_seed(2))
+    cached = vla.predict_chunks([observation(0)], noise)
+    vla.config.use_cache = False
+    np.testing.assert_allclose(vla.predict_chunks([observation(0)], noise), cached, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_flow_steps_give_the_eager_actions():
+    vla = make_vla(cameras=["agentview"], head="flow", chunk=2, flow_steps=2)
+    noise = torch.randn(1, 2, 7, generator=torch.Generator().manual_seed(2))
+    eager = vla.predict_chunks([observation(0)], noise)
+    vla.config.flow_compile = True
+    np.testing.assert_allclose(vla.predict_chunks([observation(0)], noise), eager, atol=1e-5)
