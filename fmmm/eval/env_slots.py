@@ -307,6 +307,9 @@ class ProcessSlot:
                 [sys.executable, "-c", _WORKER_CODE, str(theirs.fileno()), *sys.path],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                # Mesa's llvmpipe renders a 64x64 camera as one tile, so its rasterizer threads
+                # add hand-offs, not parallelism: the workers are the parallelism.
+                env={"LP_NUM_THREADS": "0", **os.environ},
                 start_new_session=True,
             )
         # the worker holds the only other end of the socket: its exit reads as EOF here
