@@ -184,7 +184,7 @@ class LockstepWorker:
         first = dict(zip(range(num_envs), queue))
         if not first:
             return
-        self.open(num_envs, [task for task, _ in first.values()])
+        self.open(len(first), [task for task, _ in first.values()])
         self._choose_policy(first[0][0])
         running: dict[int, _Episode] = {}
         self._begin(first, running)
