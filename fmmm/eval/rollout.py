@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,10 @@ class LockstepWorker:
 
     Each step, the running slots' observations go to the policy in one `act_batch` call when the
     factory's policy is a `BatchPolicy` (else each slot's own policy acts beside its env), then
-    every slot steps; a slot whose episode ends starts the next item. Slot 0 runs in this
-    process; with `processes`, slots 1..K-1 run in worker processes (`ProcessSlot`), which
-    step and render in parallel with slot 0 and with each other, so K envs need not step one
-    after another. Each slot makes an env per task on first use and keeps it.
+    every slot steps; a slot whose episode ends starts the next item. With `processes` and K > 1
+    every slot is a worker process (`ProcessSlot`) and this process only runs the policy: the K
+    envs step and render in parallel, not one after another. Otherwise the slots are here
+    (`LocalSlot`). Each slot makes an env per task on first use and keeps it.
     """
 
     def __init__(
@@ -145,15 +146,16 @@ class LockstepWorker:
         self.own_policies = False
 
     def open(self, num_envs: int, first_tasks: Sequence[str] = ()) -> None:
-        """Have at least `num_envs` slots. A new slot is asked to make the env (and renderer) of
-        its first task, `first_tasks[slot]`: worker processes start on it at once, while the
-        caller goes on; the slot here does it in `ready()` or before its first episode."""
+        """Have at least `num_envs` slots: worker processes with `processes` when there are
+        several, else slots in this process. A new slot is asked to make the env (and renderer)
+        of its first task, `first_tasks[slot]`: a worker starts on it at once, while the caller
+        goes on; a slot here does it in `ready()` or before its first episode."""
         while len(self.slots) < num_envs:
             index = len(self.slots)
-            if index == 0 or not self.processes:
-                slot = LocalSlot(self.settings, self.factory)
-            else:
+            if self.processes and num_envs > 1:
                 slot = ProcessSlot(self.settings)
+            else:
+                slot = LocalSlot(self.settings, self.factory)
             if index < len(first_tasks):
                 slot.send(("prepare", first_tasks[index]))
             self.slots.append(slot)
@@ -186,6 +188,14 @@ class LockstepWorker:
             return
         self.open(len(first), [task for task, _ in first.values()])
         self._choose_policy(first[0][0])
+        policy = self.batch_policy
+        if (
+            getattr(policy, "execute", 1) > 1
+            and hasattr(policy, "queued")
+            and any(self.slots[slot].remote for slot in first)
+        ):
+            yield from self._rows_ahead(queue, first)
+            return
         running: dict[int, _Episode] = {}
         self._begin(first, running)
         while running:
@@ -208,17 +218,103 @@ class LockstepWorker:
             if starts:
                 self._begin(starts, running)
 
+    def _rows_ahead(
+        self, queue: Iterator[tuple[str, int]], first: dict[int, tuple[str, int]]
+    ) -> Iterator[dict[str, Any]]:
+        """`_rows` for a batch policy that executes several actions of each predicted chunk
+        (`execute` > 1) and says how many it has queued per slot (`queued(index)`): a slot with a
+        queued action gets it as soon as its observation is back and steps on, while the others
+        wait for forward passes. Chunks of different envs rarely line up, so lockstep would make
+        every env wait for every forward pass. Each forward pass serves one slot, so its result
+        does not depend on which slots happened to be waiting at the time: the actions, and the
+        rows, are those of one env at a time."""
+        policy = self.batch_policy
+        running: dict[int, _Episode] = {}
+        waiting: set[int] = set()  # slots whose observation is here, to act on
+        in_flight: dict[int, str] = {}  # slot -> the request it is serving
+
+        def begin(slot: int, task: str, index: int) -> None:
+            running[slot] = _Episode(task, index)
+            if hasattr(policy, "seed_index"):
+                policy.seed_index(
+                    slot, episode_seed(task, self.settings.base_seed, index, "policy")
+                )
+            policy.reset_index(slot)
+            self.slots[slot].send(("begin", task, index, False))
+            in_flight[slot] = "begin"
+
+        for slot, (task, index) in first.items():
+            begin(slot, task, index)
+        while running:
+            queued = [slot for slot in sorted(waiting) if policy.queued(slot)]
+            acting = queued + [slot for slot in sorted(waiting) if slot not in queued][:1]
+            if acting:
+                for slot, action in zip(acting, self._act(acting, running), strict=True):
+                    self.slots[slot].send(("step", action))
+                    in_flight[slot] = "step"
+                waiting.difference_update(acting)
+            if waiting and not self._reply_ready(in_flight):
+                continue  # the next forward pass, while the workers step
+            slot = self._next_reply(in_flight)
+            request = in_flight.pop(slot)
+            reply = self.slots[slot].receive()
+            if request == "begin":
+                running[slot].observation = reply
+                waiting.add(slot)
+                continue
+            done, payload = reply
+            if not done:
+                running[slot].observation = payload
+                waiting.add(slot)
+                continue
+            yield self._finish(running.pop(slot), payload)
+            item = next(queue, None)
+            if item is not None:
+                begin(slot, *item)
+
+    def _reply_ready(self, in_flight: dict[int, Any]) -> bool:
+        """Whether a worker's reply has come."""
+        return any(
+            self.slots[slot].remote and self.slots[slot].connection.poll() for slot in in_flight
+        )
+
+    def _next_reply(self, in_flight: dict[int, Any]) -> int:
+        """The in-flight slot to take a reply from: a worker's that has come, else the slot in
+        this process (it runs now), else the first worker's to come."""
+        remote = [slot for slot in in_flight if self.slots[slot].remote]
+        for slot in remote:
+            if self.slots[slot].connection.poll():
+                return slot
+        local = [slot for slot in in_flight if not self.slots[slot].remote]
+        if local:
+            return local[0]
+        connections = {self.slots[slot].connection: slot for slot in remote}
+        return connections[wait(list(connections))[0]]  # a worker's exit reads as ready
+
     def _choose_policy(self, task: str) -> None:
         """One batch policy for all slots, or (any other policy) one per slot and task, built
-        in the slot beside its env: decided on the factory's policy for slot 0's env."""
+        in the slot beside its env: decided on the factory's policy for an env of `task` (slot
+        0's when it is here, else a state-only one made for the purpose)."""
         if self.batch_policy is not None or self.own_policies:
             return
-        policy = self.factory(self.slots[0].slot.env(task))
+        local = self.slots[0] if not self.slots[0].remote else None
+        if local is not None:
+            env = local.slot.env(task)
+        else:
+            import fmmm.envs
+
+            env = fmmm.envs.make_env(task, render=False)
+        try:
+            policy = self.factory(env)
+        finally:
+            if local is None:
+                env.close()
         if isinstance(policy, BatchPolicy):
             self.batch_policy = policy
         else:
             self.own_policies = True
-            self.slots[0].slot.policies[task] = policy
+            if local is not None:
+                local.slot.policies[task] = policy
 
     def _begin(self, items: dict[int, tuple[str, int]], running: dict[int, _Episode]) -> None:
         """Start episode `items[slot]` on each of those slots (in parallel)."""

@@ -45,9 +45,43 @@ class _PixelPolicy:
         return np.stack(actions)
 
 
+class _ChunkedPixelPolicy(_PixelPolicy):
+    """`_PixelPolicy` predicting chunks of 5 actions from the observation at the chunk's start
+    and executing 3 of them (`execute`, `queued`), so envs may step ahead of each other."""
+
+    execute = 3
+
+    def __init__(self):
+        super().__init__()
+        self.queues: dict[int, list[np.ndarray]] = {}
+        self.forward_batches: list[int] = []
+
+    def reset_index(self, index: int) -> None:
+        self.queues[index] = []
+
+    def queued(self, index: int) -> int:
+        return len(self.queues.get(index, []))
+
+    def act_batch(self, observations: list[dict], indices: list[int]) -> np.ndarray:
+        empty = [k for k, index in enumerate(indices) if not self.queues.get(index)]
+        if empty:
+            self.forward_batches.append(len(empty))
+            chunks = super().act_batch(
+                [observations[k] for k in empty], [indices[k] for k in empty]
+            )
+            for k, action in zip(empty, chunks, strict=True):
+                steps = [action * (1 - 0.2 * step) for step in range(5)]
+                self.queues[indices[k]] = steps[: self.execute]
+        return np.stack([self.queues[index].pop(0) for index in indices])
+
+
+_BUILT: list[_PixelPolicy] = []
+
+
 def _load_pixel_policy(run_dir, config):
     def factory(env):
-        policy = _PixelPolicy()
+        policy = _ChunkedPixelPolicy() if config.get("chunked") else _PixelPolicy()
+        _BUILT.append(policy)
         policy.bad_slot = config.get("bad_slot")
         policy.interrupt_after = config.get("interrupt_after")
         return policy
@@ -96,17 +130,20 @@ def test_env_workers_give_the_rows_of_one_env_in_this_process(pixel_policy):
     assert _no_env_workers_left()
 
 
-def test_slots_after_the_first_run_in_worker_processes(pixel_policy):
+def test_several_envs_run_in_worker_processes_and_one_here(pixel_policy):
     worker = LockstepWorker(pixel_policy(), 0, processes=True)
     with worker:
         rows = list(worker.rows([("reach", 0), ("reach", 1), ("reach", 2)], 3))
-        local, *remote = worker.slots
-        assert not local.remote and all(slot.remote for slot in remote)
-        pids = {slot.process.pid for slot in remote}
-        assert len(pids) == 2 and os.getpid() not in pids
+        slots = worker.slots
+        pids = {slot.process.pid for slot in slots}
+        assert len(pids) == 3 and os.getpid() not in pids
     assert sorted(row["episode"] for row in rows) == [0, 1, 2]
-    assert all(slot.process.returncode is not None for slot in remote)
+    assert all(slot.process.returncode is not None for slot in slots)
     assert _no_env_workers_left()
+    alone = LockstepWorker(pixel_policy(), 0, processes=True)
+    with alone:
+        list(alone.rows([("reach", 0)], 1))
+        assert [slot.remote for slot in alone.slots] == [False]
 
 
 def test_scripted_videos_and_instructions_do_not_depend_on_env_workers(tmp_path):
@@ -129,6 +166,20 @@ def test_scripted_videos_and_instructions_do_not_depend_on_env_workers(tmp_path)
         one = imageio.mimread(tmp_path / "1" / row["video"])
         two = imageio.mimread(tmp_path / "2" / row["video"])
         assert len(one) == row["length"] + 1 and np.array_equal(np.stack(one), np.stack(two))
+
+
+def test_chunked_policies_step_ahead_with_the_rows_of_one_env(pixel_policy):
+    run_dir = pixel_policy(chunked=True)
+    one = evaluate(run_dir, ["reach", "lift"], 2, base_seed=2, num_envs=1, progress=False)
+    _BUILT.clear()
+    two = evaluate(run_dir, ["reach", "lift"], 2, base_seed=2, num_envs=2, progress=False)
+    assert _rows(two) == _rows(one)
+    stepped = _BUILT[-1]  # the last built: the one that acted for both envs
+    assert stepped.forward_batches and set(stepped.forward_batches) == {1}
+    steps = sum(row["length"] for row in _rows(two))
+    assert len(stepped.forward_batches) == sum(-(-row["length"] // 3) for row in _rows(two))
+    assert steps > len(stepped.forward_batches)
+    assert _no_env_workers_left()
 
 
 def test_a_worker_error_names_the_episode_and_ends_the_workers(pixel_policy):
