@@ -1,5 +1,6 @@
 """Rollouts: run a policy in the MuJoCo tasks, K envs stepped in lockstep by one policy copy, in
-this process or on Ray actors (several envs each).
+env worker processes (one per env, `fmmm.eval.env_slots`), in this process, or on Ray actors
+(several envs each).
 
 Every episode's initial state comes from `episode_seed(task, base_seed, index, split)` (split
 "eval" for the test episodes, "val" for validation ones) and a stochastic policy is re-seeded per
@@ -459,8 +460,8 @@ def evaluate(
 
     Args:
         num_envs: envs stepped in lockstep by one policy copy in this process (batched inference
-            for a `BatchPolicy`), env 0 in this process and the others in env worker processes
-            that step and render in parallel; with `executor="ray"`, spread over Ray actors of
+            for a `BatchPolicy`); with more than one, each in an env worker process, all
+            stepping and rendering in parallel; with `executor="ray"`, spread over Ray actors of
             the cluster at `ray_address` (else a local one), `envs_per_actor` per actor, each
             stepping its envs in its own process. The rows are the same.
         instruction: replaces the task instruction; {object} / {target} are filled per episode.
