@@ -190,11 +190,8 @@ class LockstepWorker:
         self.open(len(first), [task for task, _ in first.values()])
         self._choose_policy(first[0][0])
         policy = self.batch_policy
-        if (
-            getattr(policy, "execute", 1) > 1
-            and hasattr(policy, "queued")
-            and any(self.slots[slot].remote for slot in first)
-        ):
+        remote = all(self.slots[slot].remote for slot in first)
+        if remote and getattr(policy, "execute", 1) > 1 and hasattr(policy, "queued"):
             yield from self._rows_ahead(queue, first)
             return
         running: dict[int, _Episode] = {}
@@ -275,22 +272,12 @@ class LockstepWorker:
 
     def _reply_ready(self, in_flight: dict[int, Any]) -> bool:
         """Whether a worker's reply has come."""
-        return any(
-            self.slots[slot].remote and self.slots[slot].connection.poll() for slot in in_flight
-        )
+        return any(self.slots[slot].connection.poll() for slot in in_flight)
 
     def _next_reply(self, in_flight: dict[int, Any]) -> int:
-        """The in-flight slot to take a reply from: a worker's that has come, else the slot in
-        this process (it runs now), else the first worker's to come."""
-        remote = [slot for slot in in_flight if self.slots[slot].remote]
-        for slot in remote:
-            if self.slots[slot].connection.poll():
-                return slot
-        local = [slot for slot in in_flight if not self.slots[slot].remote]
-        if local:
-            return local[0]
-        connections = {self.slots[slot].connection: slot for slot in remote}
-        return connections[wait(list(connections))[0]]  # a worker's exit reads as ready
+        """The in-flight worker slot whose reply comes first (a worker's exit reads as one)."""
+        connections = {self.slots[slot].connection: slot for slot in in_flight}
+        return connections[wait(list(connections))[0]]
 
     def _choose_policy(self, task: str) -> None:
         """One batch policy for all slots, or (any other policy) one per slot and task, built
@@ -334,12 +321,11 @@ class LockstepWorker:
             running[slot].observation = observation
 
     def _exchange(self, requests: dict[int, tuple]) -> dict[int, Any]:
-        """Send each slot its request, then collect the replies: the worker processes serve
-        theirs while the slot in this process serves its own."""
+        """Send each slot its request, then collect the replies: worker processes serve theirs
+        in parallel (a slot in this process serves its own when its reply is asked for)."""
         for slot, request in requests.items():
             self.slots[slot].send(request)
-        local_first = sorted(requests, key=lambda slot: self.slots[slot].remote)
-        return {slot: self.slots[slot].receive() for slot in local_first}
+        return {slot: self.slots[slot].receive() for slot in requests}
 
     def _act(self, slots: list[int], running: dict[int, _Episode]) -> np.ndarray:
         """The batch policy's actions for the running slots; its time is charged to each
