@@ -245,12 +245,13 @@ class LockstepWorker:
             begin(slot, task, index)
         while running:
             queued = [slot for slot in sorted(waiting) if policy.queued(slot)]
-            acting = queued + [slot for slot in sorted(waiting) if slot not in queued][:1]
-            if acting:
-                for slot, action in zip(acting, self._act(acting, running), strict=True):
-                    self.slots[slot].send(("step", action))
-                    in_flight[slot] = "step"
-                waiting.difference_update(acting)
+            # the queued actions go out first, so those envs step during the forward pass
+            for acting in (queued, sorted(waiting.difference(queued))[:1]):
+                if acting:
+                    for slot, action in zip(acting, self._act(acting, running), strict=True):
+                        self.slots[slot].send(("step", action))
+                        in_flight[slot] = "step"
+                    waiting.difference_update(acting)
             if waiting and not self._reply_ready(in_flight):
                 continue  # the next forward pass, while the workers step
             slot = self._next_reply(in_flight)
