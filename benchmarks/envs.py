@@ -3,6 +3,13 @@
 
     python benchmarks/envs.py [--steps 400] [--tasks pick_place push] [--image-size 64]
 
+With `--eval POLICY`, evaluation throughput by `--num-envs` instead: `python -m fmmm.eval` run as
+a user runs it, once per `--num-envs` value per round, interleaved (1, 2, 1, 2, ...), reporting
+episodes/s (the evaluation's own figure: the rollouts, after loading the policy and making the
+envs), the whole command's wall time, and each value's ratio to the first value's in its round:
+
+    python benchmarks/envs.py --eval runs/quickstart --tasks reach --episodes 50 --num-envs 1 2
+
 The physics limit of one control step is `n_substeps` calls of `mj_step` with the controls the
 env computed; "efficiency" is physics time / env time of a control step on the same trajectory
 (1.0 = no overhead; the median over steps).
@@ -13,9 +20,14 @@ The env and the physics replica alternate step by step, so machine load affects 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -88,13 +100,66 @@ def _bench_task(task: str, steps: int, image_size: int, repeats: int) -> dict[st
     }
 
 
+def _eval_throughput(
+    policy: str, task: str, episodes: int, num_envs: list[int], rounds: int, seed: int
+) -> int:
+    """Run `python -m fmmm.eval` per --num-envs value and round, interleaved; print a table."""
+    print(f"policy {policy}, task {task}, {episodes} episodes, seed {seed}, {os.cpu_count()} CPUs")
+    print(
+        "| round | num-envs | episodes/s | ratio | rollout s | command s | success | load (1 min) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for round_index in range(rounds):
+        first_rate = None
+        for envs in num_envs:
+            with tempfile.TemporaryDirectory() as out:
+                command = [
+                    *(sys.executable, "-m", "fmmm.eval", "--policy", policy, "--task", task),
+                    *("--episodes", str(episodes), "--seed", str(seed)),
+                    *("--num-envs", str(envs), "--out", out),
+                ]
+                start = time.perf_counter()
+                run = subprocess.run(command, capture_output=True, text=True)
+                command_seconds = time.perf_counter() - start
+                if run.returncode != 0:
+                    print(run.stderr, file=sys.stderr)
+                    return run.returncode
+                results = json.loads((Path(out) / "results.json").read_text())
+            timings = results["timings"]
+            rate = timings["episodes_per_second"]
+            first_rate = first_rate or rate
+            print(
+                f"| {round_index + 1} | {envs} | {rate:.2f} | {rate / first_rate:.2f} | "
+                f"{timings['wall_seconds']:.1f} | {command_seconds:.1f} | "
+                f"{results['summary'][task]['success_rate']:.0%} | {os.getloadavg()[0]:.2f} |",
+                flush=True,
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400, help="control steps per measurement")
     parser.add_argument("--tasks", nargs="*", default=None, help="task names (default: all)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
+    parser.add_argument(
+        "--eval", metavar="POLICY", help="evaluation throughput of POLICY by --num-envs instead"
+    )
+    parser.add_argument("--episodes", type=int, default=50, help="--eval: episodes per run")
+    parser.add_argument(
+        "--num-envs", type=int, nargs="+", default=[1, 2], help="--eval: values to compare"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--eval: interleaved rounds")
+    parser.add_argument("--seed", type=int, default=0, help="--eval: base seed")
     args = parser.parse_args(argv)
+    if args.eval is not None:
+        if not args.tasks or len(args.tasks) != 1:
+            print("error: --eval takes one task in --tasks", file=sys.stderr)
+            return 2
+        return _eval_throughput(
+            args.eval, args.tasks[0], args.episodes, args.num_envs, args.rounds, args.seed
+        )
 
     # fmmm.envs first: it picks the headless GL backend, which mujoco reads when first imported.
     from fmmm.envs import task_names

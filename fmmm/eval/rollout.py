@@ -1,5 +1,6 @@
 """Rollouts: run a policy in the MuJoCo tasks, K envs stepped in lockstep by one policy copy, in
-this process or on Ray actors (several envs each).
+env worker processes (one per env, `fmmm.eval.env_slots`), in this process, or on Ray actors
+(several envs each).
 
 Every episode's initial state comes from `episode_seed(task, base_seed, index, split)` (split
 "eval" for the test episodes, "val" for validation ones) and a stochastic policy is re-seeded per
@@ -15,44 +16,30 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fmmm.envs.seeds import episode_seed
-from fmmm.envs.tasks import fill_template
+from fmmm.eval.env_slots import (
+    LocalSlot,
+    ProcessSlot,
+    SlotSettings,
+    StepHook,
+    episode_steps,
+    fill_instruction,
+)
 from fmmm.eval.speed import measure_control_rate, policy_speed_facts, timed_calls
 from fmmm.eval.stats import wilson_interval
 from fmmm.policies.base import BatchPolicy, Policy
 
-StepHook = Callable[[dict[str, Any], np.ndarray, dict[str, Any]], None]
 # Evaluation split -> seed split: "test" episodes give the reported numbers, "val" episodes are
 # for choosing checkpoints and settings.
 EVAL_SPLITS = {"test": "eval", "val": "val"}
-
-
-def check_action(action: Any, action_dim: int) -> np.ndarray:
-    """The policy's action as float32 (action_dim,); a wrong shape or NaN raises ValueError."""
-    action = np.asarray(action, dtype=np.float32)
-    if action.shape != (action_dim,):
-        raise ValueError(
-            f"policy returned an action of shape {action.shape}, expected ({action_dim},)"
-        )
-    if not np.all(np.isfinite(action)):
-        raise ValueError("policy returned a non-finite action")
-    return action
-
-
-def fill_instruction(env: Any, template: str) -> str:
-    """`template` with {object} / {target} filled from the current episode of `env`."""
-    env = env.unwrapped
-    if hasattr(env, "fill_instruction"):
-        return env.fill_instruction(template)
-    # envs without object labels (Meta-World) take templates without placeholders
-    return fill_template(template, {}, getattr(env, "task_name", type(env).__name__))
 
 
 def run_episode(
@@ -81,63 +68,6 @@ def run_episode(
             observation = steps.send(action)
         except StopIteration as end:
             return {**end.value, "policy_time": policy_time}
-
-
-def episode_steps(
-    env: Any,
-    seed: int,
-    instruction: str | None = None,
-    on_step: StepHook | None = None,
-) -> Generator[dict[str, Any], np.ndarray, dict[str, Any]]:
-    """One episode, driven from outside: yields each observation to act on and takes the action
-    by `send()`, so one caller can step several envs in lockstep and batch their policy calls.
-
-    `instruction` replaces the task's; its {object} / {target} are filled from the episode's
-    labels. Returns success at any step and at the end, the length, the first success step, the
-    sum and maximum of the rewards, the instruction the policy saw, the seconds in `env.step` and
-    the final observation.
-    """
-    action_dim = int(np.prod(env.action_space.shape))
-    observation, _ = env.reset(seed=seed)
-    if instruction is not None:
-        instruction = fill_instruction(env, instruction)
-        observation = {**observation, "instruction": instruction}
-    shown_instruction = str(observation["instruction"])
-    env_time = 0.0
-    length, first_success = 0, None
-    success = False
-    sum_reward, max_reward = 0.0, -math.inf
-    while True:
-        action = check_action((yield observation), action_dim)
-        start = time.perf_counter()
-        next_observation, reward, terminated, truncated, info = env.step(action)
-        env_time += time.perf_counter() - start
-        sum_reward += float(reward)
-        max_reward = max(max_reward, float(reward))
-        success = bool(info.get("is_success", False))
-        if on_step is not None:
-            on_step(observation, action, info)
-        if success and first_success is None:
-            first_success = length
-        length += 1
-        observation = next_observation
-        if instruction is not None:
-            observation = {**observation, "instruction": instruction}
-        if terminated or truncated:
-            break
-    return {
-        "seed": seed,
-        "instruction": shown_instruction,
-        "scene": episode_layout(env),
-        "success": first_success is not None,
-        "success_end": success,
-        "length": length,
-        "first_success_step": first_success,
-        "sum_reward": sum_reward,
-        "max_reward": max_reward,
-        "env_time": env_time,
-        "final_observation": observation,
-    }
 
 
 def parallel_map(
@@ -171,50 +101,25 @@ def env_fingerprint(env: Any) -> dict[str, Any]:
     return env.unwrapped.metadata_record()
 
 
-def episode_layout(env: Any) -> dict[str, Any]:
-    """What the current episode asks for (object, target), without the instruction."""
-    record = dict(env.unwrapped.episode_record())
-    record.pop("instruction", None)
-    return record
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """Write RGB frames to an mp4 atomically (temporary name, then rename)."""
-    import imageio.v2 as imageio
-
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        imageio.mimwrite(tmp, frames, fps=fps, macro_block_size=1)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def video_frame(observation: dict[str, Any]) -> np.ndarray:
-    """Agent view and wrist camera side by side."""
-    return np.concatenate([observation["agentview"], observation["wrist"]], axis=1)
-
-
 @dataclass
 class _Episode:
-    """An episode in progress on one env slot."""
+    """An episode in progress on one env slot, as the policy's side sees it."""
 
     task: str
     index: int
-    steps: Generator[dict[str, Any], np.ndarray, dict[str, Any]]
-    observation: dict[str, Any]
-    policy: Policy
-    frames: list[np.ndarray] = field(default_factory=list)
-    policy_time: float = 0.0
+    observation: dict[str, Any] | None = None
+    policy_time: float = 0.0  # in the batch policy here; an own policy's is timed in its slot
 
 
 class LockstepWorker:
-    """One policy copy (one factory, one loaded model) stepping its envs in lockstep.
+    """One policy copy (one factory, one loaded model) stepping K env slots in lockstep.
 
-    Each step, every running env's policy acts (one `act_batch` call when the factory's policy is
-    a `BatchPolicy`, else `act` per env), then every env steps; an env whose episode ends starts
-    the next item. Envs are made per (task, slot) on first use and kept.
+    Each step, the running slots' observations go to the policy in one `act_batch` call when the
+    factory's policy is a `BatchPolicy` (else each slot's own policy acts beside its env), then
+    every slot steps; a slot whose episode ends starts the next item. With `processes` and K > 1
+    every slot is a worker process (`ProcessSlot`) and this process only runs the policy: the K
+    envs step and render in parallel, not one after another. Otherwise the slots are here
+    (`LocalSlot`). Each slot makes an env per task on first use and keeps it.
     """
 
     def __init__(
@@ -225,19 +130,42 @@ class LockstepWorker:
         instruction: str | None = None,
         video_dir: str | None = None,
         factory: Any = None,
+        processes: bool = False,
     ):
         from fmmm.policies.factory import load_policy
 
         limit_worker_threads()
         self.factory = factory or load_policy(policy_source)
-        self.render = getattr(self.factory, "uses_images", True) or video_dir is not None
-        self.base_seed = base_seed
-        self.seed_split = EVAL_SPLITS[split]
-        self.instruction = instruction
-        self.video_dir = video_dir
-        self.envs: dict[str, list[Any]] = {}
-        self.policies: dict[tuple[str, int], Policy] = {}
+        render = getattr(self.factory, "uses_images", True) or video_dir is not None
+        seed_split = EVAL_SPLITS[split]
+        self.settings = SlotSettings(
+            base_seed, seed_split, instruction, render, video_dir, policy_source
+        )
+        self.processes = processes
+        self.slots: list[LocalSlot | ProcessSlot] = []
         self.batch_policy: BatchPolicy | None = None
+        self.own_policies = False
+
+    def open(self, num_envs: int, first_tasks: Sequence[str] = ()) -> None:
+        """Have at least `num_envs` slots: worker processes with `processes` when there are
+        several, else slots in this process. A new slot is asked to make the env (and renderer)
+        of its first task, `first_tasks[slot]`: a worker starts on it at once, while the caller
+        goes on; a slot here does it in `ready()` or before its first episode."""
+        while len(self.slots) < num_envs:
+            index = len(self.slots)
+            if self.processes and num_envs > 1:
+                slot = ProcessSlot(self.settings)
+            else:
+                slot = LocalSlot(self.settings, self.factory)
+            if index < len(first_tasks):
+                slot.send(("prepare", first_tasks[index]))
+            self.slots.append(slot)
+
+    def ready(self) -> None:
+        """Make the envs the slots were asked to prepare; return once all have them."""
+        for slot in self.slots:
+            if slot.pending:
+                slot.receive()
 
     def rows(self, items: Sequence[tuple[str, int]], num_envs: int) -> Iterator[dict[str, Any]]:
         """Yield the results.json rows of `items` (task, episode index) as they finish, run on
@@ -256,107 +184,188 @@ class LockstepWorker:
 
     def _rows(self, items: Sequence[tuple[str, int]], num_envs: int) -> Iterator[dict[str, Any]]:
         queue = iter(items)
+        first = dict(zip(range(num_envs), queue))
+        if not first:
+            return
+        self.open(len(first), [task for task, _ in first.values()])
+        self._choose_policy(first[0][0])
+        policy = self.batch_policy
+        remote = all(self.slots[slot].remote for slot in first)
+        if remote and getattr(policy, "execute", 1) > 1 and hasattr(policy, "queued"):
+            yield from self._rows_ahead(queue, first)
+            return
         running: dict[int, _Episode] = {}
-        for slot, item in zip(range(num_envs), queue):
-            running[slot] = self._start(item, slot)
+        self._begin(first, running)
         while running:
             slots = list(running)
-            for slot, action in zip(slots, self._act(slots, running), strict=True):
-                episode = running[slot]
-                try:
-                    episode.observation = episode.steps.send(action)
-                except StopIteration as end:
-                    yield self._finish(episode, end.value)
-                    item = next(queue, None)
-                    if item is None:
-                        del running[slot]
-                    else:
-                        running[slot] = self._start(item, slot)
-
-    def _act(self, slots: list[int], running: dict[int, _Episode]) -> Sequence[np.ndarray]:
-        """The actions of the running slots; policy time is charged to each episode (a batched
-        call's time split evenly among the envs it served)."""
-        if self.batch_policy is not None:
-            start = time.perf_counter()
-            observations = [running[slot].observation for slot in slots]
-            actions = np.asarray(self.batch_policy.act_batch(observations, slots))
-            share = (time.perf_counter() - start) / len(slots)
-            if actions.ndim < 1 or actions.shape[0] != len(slots):
-                raise ValueError(
-                    f"act_batch returned actions of shape {actions.shape} for {len(slots)} envs"
-                )
+            if self.batch_policy is not None:
+                actions = self._act(slots, running)
+            else:
+                actions = [None] * len(slots)
+            replies = self._exchange({slot: ("step", a) for slot, a in zip(slots, actions)})
+            starts = {}
             for slot in slots:
-                running[slot].policy_time += share
-            return actions
-        actions = []
+                done, payload = replies[slot]
+                if not done:
+                    running[slot].observation = payload
+                    continue
+                yield self._finish(running.pop(slot), payload)
+                item = next(queue, None)
+                if item is not None:
+                    starts[slot] = item
+            if starts:
+                self._begin(starts, running)
+
+    def _rows_ahead(
+        self, queue: Iterator[tuple[str, int]], first: dict[int, tuple[str, int]]
+    ) -> Iterator[dict[str, Any]]:
+        """`_rows` for a batch policy that executes several actions of each predicted chunk
+        (`execute` > 1) and says how many it has queued per slot (`queued(index)`): a slot with a
+        queued action gets it as soon as its observation is back and steps on, while the others
+        wait for forward passes. Chunks of different envs rarely line up, so lockstep would make
+        every env wait for every forward pass. Each forward pass serves one slot, so its result
+        does not depend on which slots happened to be waiting at the time: the actions, and the
+        rows, are those of one env at a time."""
+        policy = self.batch_policy
+        running: dict[int, _Episode] = {}
+        waiting: set[int] = set()  # slots whose observation is here, to act on
+        in_flight: dict[int, str] = {}  # slot -> the request it is serving
+
+        def begin(slot: int, task: str, index: int) -> None:
+            running[slot] = _Episode(task, index)
+            if hasattr(policy, "seed_index"):
+                policy.seed_index(
+                    slot, episode_seed(task, self.settings.base_seed, index, "policy")
+                )
+            policy.reset_index(slot)
+            self.slots[slot].send(("begin", task, index, False))
+            in_flight[slot] = "begin"
+
+        for slot, (task, index) in first.items():
+            begin(slot, task, index)
+        while running:
+            queued = [slot for slot in sorted(waiting) if policy.queued(slot)]
+            # the queued actions go out first, so those envs step during the forward pass
+            for acting in (queued, sorted(waiting.difference(queued))[:1]):
+                if acting:
+                    for slot, action in zip(acting, self._act(acting, running), strict=True):
+                        self.slots[slot].send(("step", action))
+                        in_flight[slot] = "step"
+                    waiting.difference_update(acting)
+            if waiting and not self._reply_ready(in_flight):
+                continue  # the next forward pass, while the workers step
+            slot = self._next_reply(in_flight)
+            request = in_flight.pop(slot)
+            reply = self.slots[slot].receive()
+            if request == "begin":
+                running[slot].observation = reply
+                waiting.add(slot)
+                continue
+            done, payload = reply
+            if not done:
+                running[slot].observation = payload
+                waiting.add(slot)
+                continue
+            yield self._finish(running.pop(slot), payload)
+            item = next(queue, None)
+            if item is not None:
+                begin(slot, *item)
+
+    def _reply_ready(self, in_flight: dict[int, Any]) -> bool:
+        """Whether a worker's reply has come."""
+        return any(self.slots[slot].connection.poll() for slot in in_flight)
+
+    def _next_reply(self, in_flight: dict[int, Any]) -> int:
+        """The in-flight worker slot whose reply comes first (a worker's exit reads as one)."""
+        connections = {self.slots[slot].connection: slot for slot in in_flight}
+        return connections[wait(list(connections))[0]]
+
+    def _choose_policy(self, task: str) -> None:
+        """One batch policy for all slots, or (any other policy) one per slot and task, built
+        in the slot beside its env: decided on the factory's policy for an env of `task` (slot
+        0's when it is here, else a state-only one made for the purpose)."""
+        if self.batch_policy is not None or self.own_policies:
+            return
+        local = self.slots[0] if not self.slots[0].remote else None
+        if local is not None:
+            env = local.slot.env(task)
+        else:
+            import fmmm.envs
+
+            env = fmmm.envs.make_env(task, render=False)
+        try:
+            policy = self.factory(env)
+        finally:
+            if local is None:
+                env.close()
+        if isinstance(policy, BatchPolicy):
+            self.batch_policy = policy
+        else:
+            self.own_policies = True
+            if local is not None:
+                local.slot.policies[task] = policy
+
+    def _begin(self, items: dict[int, tuple[str, int]], running: dict[int, _Episode]) -> None:
+        """Start episode `items[slot]` on each of those slots (in parallel)."""
+        settings = self.settings
+        for slot, (task, index) in items.items():
+            running[slot] = _Episode(task, index)
+            if self.batch_policy is not None:
+                if hasattr(self.batch_policy, "seed_index"):
+                    policy_seed = episode_seed(task, settings.base_seed, index, "policy")
+                    self.batch_policy.seed_index(slot, policy_seed)
+                self.batch_policy.reset_index(slot)
+        requests = {
+            slot: ("begin", task, index, self.own_policies) for slot, (task, index) in items.items()
+        }
+        for slot, observation in self._exchange(requests).items():
+            running[slot].observation = observation
+
+    def _exchange(self, requests: dict[int, tuple]) -> dict[int, Any]:
+        """Send each slot its request, then collect the replies: worker processes serve theirs
+        in parallel (a slot in this process serves its own when its reply is asked for)."""
+        for slot, request in requests.items():
+            self.slots[slot].send(request)
+        return {slot: self.slots[slot].receive() for slot in requests}
+
+    def _act(self, slots: list[int], running: dict[int, _Episode]) -> np.ndarray:
+        """The batch policy's actions for the running slots; its time is charged to each
+        episode (the call's time split evenly among the envs it served)."""
+        start = time.perf_counter()
+        observations = [running[slot].observation for slot in slots]
+        actions = np.asarray(self.batch_policy.act_batch(observations, slots))
+        share = (time.perf_counter() - start) / len(slots)
+        if actions.ndim < 1 or actions.shape[0] != len(slots):
+            raise ValueError(
+                f"act_batch returned actions of shape {actions.shape} for {len(slots)} envs"
+            )
         for slot in slots:
-            episode = running[slot]
-            start = time.perf_counter()
-            actions.append(episode.policy.act(episode.observation))
-            episode.policy_time += time.perf_counter() - start
+            running[slot].policy_time += share
         return actions
 
-    def _policy(self, task: str, slot: int, env: Any) -> Policy:
-        """The policy of env `slot` of `task`: the one batch policy, or one per (task, slot)."""
-        if self.batch_policy is not None:
-            return self.batch_policy
-        if (task, slot) not in self.policies:
-            policy = self.factory(env)
-            if not self.policies and isinstance(policy, BatchPolicy):
-                self.batch_policy = policy
-                return policy
-            self.policies[task, slot] = policy
-        return self.policies[task, slot]
-
-    def _start(self, item: tuple[str, int], slot: int) -> _Episode:
-        import fmmm.envs
-
-        task, index = item
-        envs = self.envs.setdefault(task, [])
-        while len(envs) <= slot:
-            envs.append(fmmm.envs.make_env(task, render=self.render))
-        env = envs[slot]
-        frames: list[np.ndarray] = []
-        on_step = None
-        if self.video_dir is not None:
-
-            def on_step(observation: dict[str, Any], action: np.ndarray, info: dict) -> None:
-                frames.append(video_frame(observation))
-
-        seed = episode_seed(task, self.base_seed, index, self.seed_split)
-        steps = episode_steps(env, seed, self.instruction, on_step)
-        observation = next(steps)
-        policy = self._policy(task, slot, env)
-        policy_seed = episode_seed(task, self.base_seed, index, "policy")
-        if policy is self.batch_policy:
-            if hasattr(policy, "seed_index"):
-                policy.seed_index(slot, policy_seed)
-            policy.reset_index(slot)
-        else:
-            if hasattr(policy, "seed"):
-                policy.seed(policy_seed)
-            policy.reset()
-        return _Episode(task, index, steps, observation, policy, frames)
-
     def _finish(self, episode: _Episode, result: dict[str, Any]) -> dict[str, Any]:
-        """The episode's results.json row; its video written when asked."""
-        final_observation = result.pop("final_observation")
+        """The episode's results.json row."""
         row = {"task": episode.task, "episode": episode.index, **result}
-        row.update(policy_time=episode.policy_time, video=None)
-        if self.video_dir is not None:
-            episode.frames.append(video_frame(final_observation))
-            outcome = "success" if result["success"] else "failure"
-            name = f"{episode.task}_ep{episode.index:03d}_{outcome}.mp4"
-            fps = self.envs[episode.task][0].metadata.get("render_fps", 20)
-            write_video(Path(self.video_dir) / name, episode.frames, fps)
-            row["video"] = name
+        row["policy_time"] += episode.policy_time
         return row
 
     def close(self) -> None:
-        for envs in self.envs.values():
-            for env in envs:
-                env.close()
-        self.envs.clear()
+        """Close every slot's envs and end the worker processes (also after an error)."""
+        slots, self.slots = self.slots, []
+        errors = []
+        for slot in slots:
+            try:
+                slot.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> LockstepWorker:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
 
 class _RayEvalWorker:
@@ -379,8 +388,8 @@ def ray_map(
     """Yield the rows of `items` as episodes finish, on Ray actors (1 CPU each) of the cluster at
     `address` (empty: a local cluster): `num_envs` envs in all, `envs_per_actor` per actor.
 
-    Actor a of n runs items[a::n]; its envs are stepped in lockstep (`LockstepWorker`);
-    `initargs` are `LockstepWorker`'s arguments.
+    Actor a of n runs items[a::n]; its envs are stepped in lockstep in the actor's process
+    (`LockstepWorker`); `initargs` are `LockstepWorker`'s arguments.
     """
     from fmmm.utils.ray_cluster import connect, worker_runtime_env
 
@@ -438,8 +447,10 @@ def evaluate(
 
     Args:
         num_envs: envs stepped in lockstep by one policy copy in this process (batched inference
-            for a `BatchPolicy`); with `executor="ray"`, spread over Ray actors of the cluster at
-            `ray_address` (else a local one), `envs_per_actor` per actor. The rows are the same.
+            for a `BatchPolicy`); with more than one, each in an env worker process, all
+            stepping and rendering in parallel; with `executor="ray"`, spread over Ray actors of
+            the cluster at `ray_address` (else a local one), `envs_per_actor` per actor, each
+            stepping its envs in its own process. The rows are the same.
         instruction: replaces the task instruction; {object} / {target} are filled per episode.
         split: "test" (the reported numbers) or "val" (choosing checkpoints and settings): disjoint
             seed streams.
@@ -467,30 +478,38 @@ def evaluate(
     render = getattr(factory, "uses_images", True) or video_dir is not None
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
-    fingerprints, control = {}, {}
-    for task in tasks:
-        env = fmmm.envs.make_env(task, render=render)
-        fingerprints[task] = env_fingerprint(env)
-        first_seed = episode_seed(task, base_seed, 0, EVAL_SPLITS[split])
-        if instruction is not None:  # a bad placeholder fails here, before any rollout
-            env.reset(seed=first_seed)
-            fill_instruction(env, instruction)
-        if not control:
-            control = {"task": task, **control_rate(factory, env, first_seed, instruction)}
-        env.close()
     items = [(task, index) for task in tasks for index in range(episodes)]
-    rows = []
-    start = time.perf_counter()
     envs = min(num_envs, len(items))
     video = None if video_dir is None else str(video_dir)
     initargs = (policy, base_seed, split, instruction, video)
     worker = None
-    if executor == "ray":
-        results = ray_map(items, envs, envs_per_actor, initargs, ray_address)
-    else:
-        worker = LockstepWorker(*initargs, factory=factory)  # reuse the loaded policy
-        results = worker.rows(items, envs)
+    if executor == "local":
+        # env worker processes start now, making their first envs while this process makes its own
+        worker = LockstepWorker(*initargs, factory=factory, processes=True)
+        worker.open(envs, [task for task, _ in items[:envs]])
     try:
+        fingerprints, first_env = {}, None
+        for task in tasks:
+            env = fmmm.envs.make_env(task, render=render)
+            fingerprints[task] = env_fingerprint(env)
+            if instruction is not None:  # a bad placeholder fails here, before any rollout
+                env.reset(seed=episode_seed(task, base_seed, 0, EVAL_SPLITS[split]))
+                fill_instruction(env, instruction)
+            if first_env is None:
+                first_env = env
+            else:
+                env.close()
+        if worker is not None:
+            worker.ready()  # nothing else runs on the cores while the control rate is measured
+        first_seed = episode_seed(tasks[0], base_seed, 0, EVAL_SPLITS[split])
+        control = {"task": tasks[0], **control_rate(factory, first_env, first_seed, instruction)}
+        first_env.close()
+        rows = []
+        start = time.perf_counter()
+        if worker is None:
+            results = ray_map(items, envs, envs_per_actor, initargs, ray_address)
+        else:
+            results = worker.rows(items, envs)
         for row in progress_bar(
             results, total=len(items), desc="eval", disable=not progress, unit="ep"
         ):

@@ -40,8 +40,12 @@ class BatchPolicy(Policy, Protocol):
     observations of the running slots `indices` (in that order) and returns their actions,
     float32 (len(indices), D), typically refilling the empty queues with one batched forward
     pass. A stochastic batch policy may define `seed_index(i, seed)`, called before
-    `reset_index(i)` with that episode's policy seed. `reset()` / `act()` act as slot 0, so a
-    batch policy works wherever a `Policy` does.
+    `reset_index(i)` with that episode's policy seed. A policy that serves several actions of each predicted
+    chunk from a queue may state how many (`execute` > 1) and define `queued(i)`: the actions
+    slot i has queued, which `act_batch` serves without looking at the observation; the evaluator
+    then lets a slot with a queued action step on without waiting for the others' forward
+    passes, and runs those one slot at a time. `reset()` / `act()`
+    act as slot 0, so a batch policy works wherever a `Policy` does.
     """
 
     def reset_index(self, index: int) -> None: ...

@@ -653,6 +653,7 @@ class VLAPolicy:
         self.queues: list[deque[np.ndarray]] = [deque()]
         self.generators: list[torch.Generator] = []
         self.chunk = vla.config.chunk
+        self.execute = vla.config.steps_per_chunk  # actions of each chunk served
         self.forward_passes_per_action = vla.forward_passes_per_chunk / vla.config.steps_per_chunk
 
     def seed(self, seed: int) -> None:
@@ -675,6 +676,11 @@ class VLAPolicy:
         while len(self.queues) <= index:
             self.queues.append(deque())
         self.queues[index].clear()
+
+    def queued(self, index: int) -> int:
+        """Actions queued for environment `index`, which `act_batch` serves without looking at
+        its observation."""
+        return len(self.queues[index]) if index < len(self.queues) else 0
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
         return self.act_batch([observation], [0])[0]

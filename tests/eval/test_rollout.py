@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from fmmm.envs.seeds import episode_seed
-from fmmm.eval.rollout import LockstepWorker, check_action, evaluate, run_episode
+from fmmm.eval.env_slots import check_action
+from fmmm.eval.rollout import LockstepWorker, evaluate, run_episode
 from fmmm.eval.speed import measure_control_rate
 from fmmm.eval.stats import wilson_interval
 from fmmm.policies.base import BatchPolicy
