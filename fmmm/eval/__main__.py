@@ -10,8 +10,10 @@ action when the policy gives them (docs/eval.md).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from fmmm.utils.cli import run_main
 
@@ -30,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("RUN_A", "RUN_B"),
         help="paired comparison of two policies (scripted, random or run directories) on the same "
         "episodes; --out gets compare.json",
+    )
+    parser.add_argument(
+        "--policy-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace a value of the run's policy.json for this evaluation, e.g. flow_steps=7 "
+        "(Euler steps of the flow head) or execute=2 (actions executed per chunk); repeatable",
     )
     parser.add_argument(
         "--split",
@@ -93,6 +103,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     tasks = fmmm.envs.expand_tasks(args.task)
+    options = policy_options(args.policy_option)
     video_dir = args.out / "videos" if args.video else None
     run_args = dict(
         base_seed=args.seed,
@@ -102,6 +113,7 @@ def _main(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         envs_per_actor=args.envs_per_actor,
         split=args.split,
+        policy_options=options,
     )
     if args.compare:
         if args.video:
@@ -120,6 +132,20 @@ def _main(args: argparse.Namespace) -> int:
         atomic_write_json(args.out / "eval_info.json", eval_info(results, video_dir))
         print(f"wrote {args.out / 'results.json'} and eval_info.json")
     return 0
+
+
+def policy_options(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings as a dict; values read as JSON (7, 0.5, true) or else kept as text."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--policy-option must be KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip()] = text
+    return options
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def compare(
     """
     from fmmm.policies.factory import load_policy
 
-    factories = [load_policy(policy_a), load_policy(policy_b)]  # both fail before either runs
+    options = evaluate_args.get("policy_options")
+    factories = [load_policy(policy_a, options), load_policy(policy_b, options)]  # fail early
     runs = {
         name: evaluate(policy, tasks, episodes, factory=factory, **evaluate_args)
         for name, policy, factory in zip("ab", (policy_a, policy_b), factories, strict=True)

@@ -131,11 +131,12 @@ class LockstepWorker:
         video_dir: str | None = None,
         factory: Any = None,
         processes: bool = False,
+        policy_options: dict[str, Any] | None = None,
     ):
         from fmmm.policies.factory import load_policy
 
         limit_worker_threads()
-        self.factory = factory or load_policy(policy_source)
+        self.factory = factory or load_policy(policy_source, policy_options)
         render = getattr(self.factory, "uses_images", True) or video_dir is not None
         seed_split = EVAL_SPLITS[split]
         self.settings = SlotSettings(
@@ -442,6 +443,7 @@ def evaluate(
     envs_per_actor: int = 8,
     split: str = "test",
     factory: Any = None,
+    policy_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate `policy` (name or run dir) on `tasks`; per-episode rows, per-task summaries, timings.
 
@@ -455,6 +457,7 @@ def evaluate(
         split: "test" (the reported numbers) or "val" (choosing checkpoints and settings): disjoint
             seed streams.
         factory: `load_policy(policy)` when the caller has loaded it already.
+        policy_options: replace values of the run's policy.json (`load_policy`), e.g. flow_steps.
     """
     import fmmm.envs
     from fmmm.utils.progress import progress as progress_bar
@@ -474,7 +477,7 @@ def evaluate(
             raise ValueError(f"{task!r} names several tasks; pass them one by one")
     from fmmm.policies.factory import load_policy
 
-    factory = factory or load_policy(policy)  # fail fast here on a bad name or run dir
+    factory = factory or load_policy(policy, policy_options)  # fails fast on a bad name or dir
     render = getattr(factory, "uses_images", True) or video_dir is not None
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
@@ -485,7 +488,9 @@ def evaluate(
     worker = None
     if executor == "local":
         # env worker processes start now, making their first envs while this process makes its own
-        worker = LockstepWorker(*initargs, factory=factory, processes=True)
+        worker = LockstepWorker(
+            *initargs, factory=factory, processes=True, policy_options=policy_options
+        )
         worker.open(envs, [task for task, _ in items[:envs]])
     try:
         fingerprints, first_env = {}, None
@@ -507,7 +512,8 @@ def evaluate(
         rows = []
         start = time.perf_counter()
         if worker is None:
-            results = ray_map(items, envs, envs_per_actor, initargs, ray_address)
+            ray_args = (*initargs, None, False, policy_options)  # LockstepWorker's, positional
+            results = ray_map(items, envs, envs_per_actor, ray_args, ray_address)
         else:
             results = worker.rows(items, envs)
         for row in progress_bar(

@@ -28,10 +28,19 @@ policy_registry.lazy("random", "fmmm.policies.random")
 policy_registry.lazy("vla", "fmmm.policies.vla")
 
 
-def load_policy(source: str) -> PolicyFactory:
-    """Factory for the policy named `source`, or for the trained policy in run directory `source`."""
+def load_policy(source: str, options: dict[str, Any] | None = None) -> PolicyFactory:
+    """Factory for the policy named `source`, or for the trained policy in run directory `source`.
+
+    `options` replace values of the run's policy.json for this load only, such as the inference
+    settings `flow_steps` or `execute` (`fmmm.eval --policy-option flow_steps=7`); a key the
+    policy does not have is an error naming it.
+    """
     path = Path(source)
     if source in policy_registry and not path.exists():
+        if options:
+            raise ValueError(
+                f"policy options ({', '.join(options)}) need a run directory, not {source!r}"
+            )
         return policy_registry.get(source)(None, {})
     if not path.exists():
         known = ", ".join(n for n in policy_registry.names() if n != "vla")
@@ -48,6 +57,7 @@ def load_policy(source: str) -> PolicyFactory:
     if not isinstance(config, dict) or not isinstance(config.get("type"), str):
         raise ValueError(f"{spec_path} must be a JSON object with a string 'type'")
     kind = config.pop("type")
+    config.update(options or {})
     try:
         loader = policy_registry.get(kind)
     except KeyError as exc:

@@ -94,6 +94,8 @@ def test_run_directory_policies_load_through_the_registry(tmp_path):
         ),
         (["--policy", "scripted", "--task", "reach", "--instruction", "a {colour}"], "{colour}"),
         (["--compare", "scripted", "/no/such/run", "--task", "reach"], "neither a known name"),
+        (["--policy", "scripted", "--policy-option", "flow_steps"], "KEY=VALUE"),
+        (["--policy", "scripted", "--policy-option", "flow_steps=7"], "need a run directory"),
     ],
 )
 def test_bad_eval_arguments_exit_2_with_one_line(args, message):
@@ -102,6 +104,23 @@ def test_bad_eval_arguments_exit_2_with_one_line(args, message):
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and message in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_policy_options_replace_values_of_policy_json_for_one_load(tmp_path):
+    from fmmm.eval.__main__ import policy_options
+
+    configs: list[dict] = []
+    if "options_test" not in policy_registry:
+        policy_registry.register("options_test")(
+            lambda run_dir, config: configs.append(dict(config)) or (lambda env: None)
+        )
+    (tmp_path / "policy.json").write_text(json.dumps({"type": "options_test", "flow_steps": 10}))
+    options = policy_options(["flow_steps=7", "name=fast", "scale=0.5"])
+    assert options == {"flow_steps": 7, "name": "fast", "scale": 0.5}
+    load_policy(str(tmp_path), options)
+    load_policy(str(tmp_path))
+    assert configs == [{"flow_steps": 7, "name": "fast", "scale": 0.5}, {"flow_steps": 10}]
+    assert json.loads((tmp_path / "policy.json").read_text())["flow_steps"] == 10  # untouched
 
 
 @pytest.mark.parametrize("content", ["{broken", '{"kind": "vla"}', '{"type": "no_such_type"}'])
@@ -137,5 +156,6 @@ def test_help_documents_every_evaluation_option():
         [PYTHON, "-m", "fmmm.eval", "--help"], capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0
-    for option in ("--compare", "--split", "{object}", "{target}", "--num-envs", "batch 1"):
+    options = ("--compare", "--split", "{object}", "{target}", "--num-envs", "batch 1")
+    for option in (*options, "--policy-option", "flow_steps"):
         assert option in run.stdout, option
