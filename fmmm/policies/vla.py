@@ -596,7 +596,10 @@ class VLA(nn.Module):
         values = {k: v for k, v in spec.items() if k in fields}
         unknown = set(spec) - fields - {"type", "adaptation", "features"}
         if unknown:
-            raise ValueError(f"{run_dir / POLICY_FILE}: unknown keys {', '.join(sorted(unknown))}")
+            raise ValueError(
+                f"{run_dir / POLICY_FILE} (with any --policy-option): unknown keys "
+                f"{', '.join(sorted(unknown))}; a VLA policy has {', '.join(sorted(fields))}"
+            )
         config = VLAConfig(**{**values, **overrides})
         model, builder = load_model_and_builder(run_dir / MODEL_DIR)
         if (run_dir / ADAPTER_DIR).is_dir():

@@ -282,3 +282,15 @@ def test_training_noise_perturbs_features_only_in_training_mode():
             prefixes, torch.zeros(2, 28, dtype=torch.long), torch.ones(2, 28, dtype=torch.bool)
         ).features["state"],
     )
+
+
+def test_policy_options_change_one_load_of_a_saved_policy_and_unknown_ones_are_named(tmp_path):
+    from fmmm.policies.factory import load_policy
+
+    make_vla(head="flow", flow_steps=10).save(tmp_path)
+    fewer = load_policy(str(tmp_path), {"flow_steps": 3})(None)
+    assert fewer.vla.config.flow_steps == 3 and fewer.vla.forward_passes_per_chunk == 3
+    assert load_policy(str(tmp_path))(None).vla.config.flow_steps == 10  # policy.json untouched
+    with pytest.raises(ValueError, match="unknown keys flow_stepz") as error:
+        load_policy(str(tmp_path), {"flow_stepz": 3})
+    assert "--policy-option" in str(error.value) and "\n" not in str(error.value)
