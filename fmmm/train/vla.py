@@ -496,8 +496,8 @@ class Validator:
         items = [(task, i) for task in self.tasks for i in range(cfg.eval.val_episodes)]
         with tempfile.TemporaryDirectory() as scratch:
             video_dir = Path(scratch) if cfg.eval.video else None
-            worker = LockstepWorker(
-                "", cfg.eval.seed, split="val", video_dir=None, factory=lambda env: VLAPolicy(vla)
+            worker = LockstepWorker(  # with eval.num_envs > 1 the envs step in worker processes
+                "", cfg.eval.seed, "val", factory=lambda env: VLAPolicy(vla), processes=True
             )
             try:
                 rows = list(worker.rows(items, cfg.eval.num_envs))

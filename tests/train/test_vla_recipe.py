@@ -215,7 +215,7 @@ def test_vla_run_on_several_tasks_trains_one_policy_and_evaluates_each(tmp_path)
     demos = tmp_path / "demos"
     collect("reach,push", 2, demos, progress=False)
     cfg = tiny_config(
-        tmp_path, demos, "task=reach,push", "eval.episodes=1", "eval.num_envs=1",
+        tmp_path, demos, "task=reach,push", "eval.episodes=1", "eval.num_envs=2",
         "eval.val_episodes=1", "train.eval_every=2", "policy.head=l1",
         "train.logging.tensorboard=true",
     )  # fmt: skip
