@@ -49,7 +49,12 @@ MODEL_TYPE = "fmmm_multimodal"
 FILE_KEYS = ("model_type", "architectures", "torch_dtype", "fmmm_version", "model")
 # MultimodalConfig fields ("backbone.<name>" for TransformerConfig's) added after models were
 # first saved, with the value those older models had; every other field must be in config.json
-SAVED_BEFORE = {"image_pos_embed": False, "vision_film": False, "conv_channels": 32}
+SAVED_BEFORE = {
+    "image_pos_embed": False,
+    "vision_film": False,
+    "conv_channels": 32,
+    "film_text_positions": 0,
+}
 TOKENIZERS_DIR = "tokenizers"
 POOLED = ("text", "image", "video", "audio", "state")
 
@@ -79,6 +84,11 @@ class MultimodalConfig:
     # With vision_tower "conv": FiLM-condition the stem on the mean embedding of each sample's
     # prefix text (the instruction), as RT-1's language-conditioned image tokenizer.
     vision_film: bool = False
+    # With vision_film: the first `film_text_positions` positions of the instruction weight their
+    # token embeddings in that mean with a learned per-position gate (later positions share the
+    # last gate), so the condition tells "stack the red cube on the green cube" from "... the
+    # green cube on the red cube". 0: a plain mean, blind to word order (models saved before it).
+    film_text_positions: int = 32
     conv_channels: int = 32  # width of the conv stem's first convolution (doubles per stride)
     vision_tower_weights: str = ""  # "", "pretrained" or a checkpoint path (see VisionTower)
     # Learned absolute position embedding per image patch (ViT); models saved before it existed
@@ -101,7 +111,11 @@ class MultimodalConfig:
         ):
             if not 0 < getattr(self, name) <= limit:
                 raise ValueError(f"{name} must be in [1, {limit}], got {getattr(self, name)}")
-        for name, limit in (("action_bins", 2**16), ("state_dim", 2**16)):
+        for name, limit in (
+            ("action_bins", 2**16),
+            ("state_dim", 2**16),
+            ("film_text_positions", 2**12),
+        ):
             if not 0 <= getattr(self, name) <= limit:
                 raise ValueError(f"{name} must be in [0, {limit}], got {getattr(self, name)}")
         if not math.isfinite(self.z_loss_weight):
@@ -162,6 +176,12 @@ class MultimodalModel(nn.Module):
         if config.state_dim:
             encoders["state"] = StateEmbedding(config.state_dim, dim)
         self.encoders = nn.ModuleDict(encoders)
+        # Per-position gates of the FiLM condition's text mean; zero: a plain mean until trained.
+        self.film_text_gates = (
+            nn.Parameter(torch.zeros(config.film_text_positions, dim))
+            if config.vision_film and config.film_text_positions
+            else None
+        )
         self.backbone = Transformer(config.backbone)
         self.lm_head = nn.Linear(dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -210,7 +230,8 @@ class MultimodalModel(nn.Module):
         self, batch: Any, tokens: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         """(n_images, D) FiLM condition of each image: the mean token embedding of its own
-        sample's prefix text (zeros when it has none); packed samples never see each other's."""
+        sample's prefix text (zeros when it has none), each token gated by its position in that
+        text (`film_text_positions`); packed samples never see each other's."""
         sample_ids = batch.sample_ids
         per_row = int(sample_ids.max()) + 1 if sample_ids.numel() else 1
         rows = torch.arange(sample_ids.shape[0], device=sample_ids.device)
@@ -218,6 +239,9 @@ class MultimodalModel(nn.Module):
         text = (batch.modality == int(Modality.TEXT)) & batch.prefix & (sample_ids > 0)
         weights = text.flatten().to(tokens.dtype)
         size = sample_ids.shape[0] * per_row
+        if self.film_text_gates is not None:
+            order = _text_order(text, keys, size).clamp_max(self.film_text_gates.shape[0] - 1)
+            tokens = tokens * (1 + self.film_text_gates.to(tokens.dtype)[order])
         sums = tokens.new_zeros(size, tokens.shape[-1]).index_add_(
             0, keys.flatten(), tokens.flatten(0, 1) * weights[:, None]
         )
@@ -389,6 +413,19 @@ class MultimodalModel(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, tokenizers=tokenizers, card=card)
             return push_folder(tmp, repo_id, private=private)
+
+
+def _text_order(text: torch.Tensor, keys: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, L) index of each text position among its own sample's text positions (0, 1, ...);
+    0 elsewhere. `keys` (B, L) names each position's (row, sample), `size` bounds the keys."""
+    text = text.long()
+    before = text.cumsum(1) - text  # text positions earlier in the row
+    past_end = text.shape[1] * text.shape[0] + 1
+    first = torch.full((size,), past_end, dtype=before.dtype, device=before.device)
+    first = first.scatter_reduce(
+        0, keys.flatten(), torch.where(text.bool(), before, past_end).flatten(), "amin"
+    )
+    return torch.where(text.bool(), before - first[keys], 0)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

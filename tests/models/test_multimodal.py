@@ -213,6 +213,53 @@ def test_film_conv_stem_sees_each_samples_own_instruction(builder):
         _model(builder, vision_film=True)
 
 
+def test_film_condition_tells_word_order_apart_with_position_gates(builder):
+    """A bag of words cannot tell which cube goes on which: the position gates can."""
+    state = torch.zeros(5)
+    red_on_green = builder.vla_sample([_image(0)], state, "stack the red cube on the green cube")
+    green_on_red = builder.vla_sample([_image(0)], state, "stack the green cube on the red cube")
+    other = builder.vla_sample([_image(1)], state, "open the drawer")
+    blind = _model(builder, vision_tower="conv", vision_film=True, film_text_positions=0)
+    gated = _model(builder, vision_tower="conv", vision_film=True, film_text_positions=8)
+    assert blind.film_text_gates is None and gated.film_text_gates.shape == (8, gated.config.backbone.dim)
+    with torch.no_grad():
+        for model in (blind, gated):
+            for layer in model.encoders["image"].film:
+                layer.weight.normal_()
+        gated.encoders["image"].load_state_dict(blind.encoders["image"].state_dict())
+        gated.embed.load_state_dict(blind.embed.state_dict())
+    # zero gates (as initialized) are the plain mean
+    torch.testing.assert_close(
+        _image_embeddings(gated, builder, [red_on_green]),
+        _image_embeddings(blind, builder, [red_on_green]),
+    )
+    swapped = _image_embeddings(blind, builder, [red_on_green]) - _image_embeddings(
+        blind, builder, [green_on_red]
+    )
+    assert swapped.abs().max() < 1e-3  # the same words, summed in another order
+    with torch.no_grad():
+        gated.film_text_gates.normal_()
+    swapped = _image_embeddings(gated, builder, [red_on_green]) - _image_embeddings(
+        gated, builder, [green_on_red]
+    )
+    assert swapped.abs().max() > 0.1
+    # positions count from each packed sample's own text, not from the row's start
+    packed = _image_embeddings(gated, builder, [other, red_on_green])
+    torch.testing.assert_close(
+        packed[-4:], _image_embeddings(gated, builder, [red_on_green]), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_text_order_counts_positions_per_sample():
+    from fmmm.models.multimodal import _text_order
+
+    text = torch.tensor([[1, 1, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    sample = torch.tensor([[1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 0, 0, 0]])
+    keys = torch.arange(2)[:, None] * 3 + sample
+    expected = torch.tensor([[0, 1, 0, 0, 1, 2, 0], [0, 0, 1, 0, 0, 0, 0]])
+    assert torch.equal(_text_order(text, keys, 6), expected)
+
+
 def test_conv_film_model_reloads_and_older_configs_load_without_position_embedding(
     builder, tmp_path
 ):
