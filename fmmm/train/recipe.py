@@ -150,13 +150,26 @@ class Run:
         return RunResult(result.status, full)
 
 
+def policy_run(path: str | Path) -> Path | None:
+    """`path` when it is a trained policy's run directory (policy.json beside a saved model)."""
+    path = Path(path)
+    if (path / "policy.json").is_file() and (path / "model" / "config.json").is_file():
+        return path
+    return None
+
+
 def pretrained_dir(init: InitConfig) -> Path | None:
-    """The pretrained model folder to start from, pretraining it first if the config says so."""
+    """The pretrained model folder to start from, pretraining it first if the config says so.
+
+    `init.pretrained` may be a model folder or a trained policy's run directory (its `model/`).
+    """
     if init.mode == "scratch":
         return None
     path = Path(init.pretrained)
     if (path / "config.json").is_file():
         return path
+    if policy_run(path) is not None:
+        return path / "model"
     if init.if_missing == "scratch":
         print(f"no pretrained model at {path}: training from scratch (init.if_missing=scratch)")
         return None

@@ -24,7 +24,7 @@ from fmmm.models.multimodal import MultimodalConfig
 from fmmm.policies.lora import LoRAConfig
 from fmmm.policies.vla import VLA, ActionBatch, PatchNormalizer, VLAConfig
 from fmmm.tokenizers.sequence import IGNORE_INDEX, MultimodalBatch
-from fmmm.train.recipe import InitConfig, Run, RunResult, start_model
+from fmmm.train.recipe import InitConfig, Run, RunResult, policy_run, start_model
 from fmmm.train.trainer import TrainerConfig
 from fmmm.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -383,10 +383,44 @@ def build_vla(cfg: VLARunConfig, dataset: Any, frames: DemoFrames) -> tuple[VLA,
     use_state = cfg.policy.use_state
     model, tokenizers, origin = start_model(cfg.init, cfg.model, state_dim if use_state else None)
     action_tokenizer, state_normalizer = fit_tokenizers(frames, model.config.action_bins)
+    source = policy_run(cfg.init.pretrained) if cfg.init.mode == "pretrained" else None
+    if source is not None:
+        # A pretrained policy keeps the units its backbone and head learned in: its action and
+        # state statistics (where the state has the same width) and its patch statistics.
+        action_tokenizer = tokenizers.get("action", action_tokenizer)
+        state_normalizer = tokenizers.get("state", state_normalizer)
     tokenizers.update(action=action_tokenizer, state=state_normalizer if use_state else None)
     vla = VLA(model, builder_for(model.config, tokenizers), cfg.policy)
     vla.features = {key: dataset.features[key].get("names") for key in (STATE_KEY, ACTION_KEY)}
+    if source is not None:
+        origin.update(load_policy_parts(vla, source))
     return vla, origin
+
+
+def load_policy_parts(vla: VLA, source: Path) -> dict[str, Any]:
+    """Start `vla` from the pretrained policy in run directory `source` beyond its model: the patch
+    statistics, and the action head when it has the same kind and shapes. Returns what was taken."""
+    from safetensors.torch import load_file
+
+    from fmmm.models.multimodal import TOKENIZERS_DIR
+    from fmmm.policies.vla import HEAD_FILE
+
+    spec = json.loads((source / "policy.json").read_text())
+    taken: dict[str, Any] = {"policy_run": str(source)}
+    patch_file = source / "model" / TOKENIZERS_DIR / "patch_normalizer.safetensors"
+    if patch_file.is_file():
+        vla.patch_normalizer = PatchNormalizer.load(source / "model" / TOKENIZERS_DIR)
+        taken["patch_statistics"] = "pretrained"
+    head_file = source / HEAD_FILE
+    head = vla.action_head
+    if head is not None and spec.get("head") == vla.config.head and head_file.is_file():
+        state = load_file(head_file)
+        own = head.state_dict()
+        if state.keys() == own.keys() and all(state[k].shape == own[k].shape for k in own):
+            head.load_state_dict(state)
+            taken["action_head"] = "pretrained"
+    taken.setdefault("action_head", "fresh" if head is not None else "none")
+    return taken
 
 
 def fit_patch_normalizer(frames: DemoFrames, vla: VLA, batch: int = 4096) -> PatchNormalizer:
@@ -581,7 +615,7 @@ def train_vla(cfg: VLARunConfig) -> dict[str, Any]:
     timings["data_seconds"] = run.elapsed()
 
     vla, origin = build_vla(cfg, dataset, frames)
-    if cfg.policy.normalize_patches:
+    if cfg.policy.normalize_patches and "patch_statistics" not in origin:
         vla.patch_normalizer = fit_patch_normalizer(frames, vla)
     adapt(vla, cfg.adaptation)
     trainable, total = count_parameters(vla)

@@ -221,7 +221,10 @@ def test_film_condition_tells_word_order_apart_with_position_gates(builder):
     other = builder.vla_sample([_image(1)], state, "open the drawer")
     blind = _model(builder, vision_tower="conv", vision_film=True, film_text_positions=0)
     gated = _model(builder, vision_tower="conv", vision_film=True, film_text_positions=8)
-    assert blind.film_text_gates is None and gated.film_text_gates.shape == (8, gated.config.backbone.dim)
+    assert blind.film_text_gates is None and gated.film_text_gates.shape == (
+        8,
+        gated.config.backbone.dim,
+    )
     with torch.no_grad():
         for model in (blind, gated):
             for layer in model.encoders["image"].film:

@@ -196,6 +196,46 @@ def test_vla_run_trains_saves_evaluates_and_summarizes_with_lora(tmp_path, reach
     assert (run / "eval" / "results.json").is_file()
 
 
+def test_a_policy_adapts_from_a_trained_policy_run_with_its_head_and_statistics(
+    tmp_path, reach_demos
+):
+    from safetensors.torch import load_file
+
+    from fmmm.policies.vla import VLA
+
+    flow = ("policy.head=flow", "eval.episodes=0")
+    train_vla(tiny_config(tmp_path / "a", reach_demos, *flow))
+    source = tmp_path / "a" / "run"
+    cfg = tiny_config(
+        tmp_path / "b", reach_demos, *flow, "init.mode=pretrained", f"init.pretrained={source}"
+    )
+    dataset = find_or_collect(cfg)
+    vla, origin = build_vla(cfg, dataset, DemoFrames(dataset, cfg.policy.cameras, cfg.task))
+    assert origin["action_head"] == origin["patch_statistics"] == "pretrained"
+    trained = VLA.load(source)
+    for name, value in load_file(source / "action_head.safetensors").items():
+        torch.testing.assert_close(vla.action_head.state_dict()[name], value, rtol=0, atol=0)
+    for name, value in trained.model.state_dict().items():
+        torch.testing.assert_close(vla.model.state_dict()[name], value, rtol=0, atol=0)
+    torch.testing.assert_close(vla.action_low, trained.action_low, rtol=0, atol=0)
+    # a head of another kind starts fresh; the control (pretrained_shape) takes nothing
+    l1 = tiny_config(
+        tmp_path / "c", reach_demos, "policy.head=l1", "init.mode=pretrained",
+        f"init.pretrained={source}",
+    )  # fmt: skip
+    assert (
+        build_vla(l1, dataset, DemoFrames(dataset, l1.policy.cameras, l1.task))[1]["action_head"]
+        == "fresh"
+    )
+    control = tiny_config(
+        tmp_path / "d", reach_demos, *flow, "init.mode=pretrained_shape",
+        f"init.pretrained={source}",
+    )  # fmt: skip
+    fresh, origin = build_vla(control, dataset, DemoFrames(dataset, cfg.policy.cameras, cfg.task))
+    assert "action_head" not in origin and origin["init"] == "pretrained_shape"
+    assert not torch.equal(fresh.action_head.out[1].weight, vla.action_head.out[1].weight)
+
+
 def test_rerun_with_another_config_refuses_the_old_checkpoints(tmp_path, reach_demos):
     first = train_vla(tiny_config(tmp_path, reach_demos, "eval.episodes=0"))
     assert list((tmp_path / "run" / "ckpt").glob("step_*"))
