@@ -1,10 +1,12 @@
 """`python -m fmmm.eval --policy {scripted,random,PATH} --task NAME|all --episodes N ...`
 
 `--compare RUN_A RUN_B` runs both policies on the same episodes and reports per task the
-difference in success with its 95% interval and an exact McNemar test. Episodes come from the test
-split unless `--split val` (for choosing checkpoints and settings). Every run states its control
-rate: actions per second at batch 1 after warm-up, with the chunk size and forward passes per
-action when the policy gives them (docs/eval.md).
+difference in success with its 95% interval and an exact McNemar test. `--wording unseen` tells
+every episode an instruction worded as never in training; `--wording both` runs the same episodes
+with the task templates and with unseen wordings and reports the loss the same way. Episodes come
+from the test split unless `--split val` (for choosing checkpoints and settings). Every run states
+its control rate: actions per second at batch 1 after warm-up, with the chunk size and forward
+passes per action when the policy gives them (docs/eval.md).
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         "what it names, e.g. 'put the {object} on the {target}'",
     )
     parser.add_argument(
+        "--wording",
+        choices=["templates", "unseen", "both"],
+        default="templates",
+        help="templates: the task instructions; unseen: each episode a paraphrase and/or object "
+        "description by synonym or attribute never seen in training, chosen from its seed; both: "
+        "the same episodes with each, paired (--out gets language.json)",
+    )
+    parser.add_argument(
         "--executor",
         choices=["local", "ray"],
         default="local",
@@ -91,11 +101,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     import fmmm.envs
-    from fmmm.eval.compare import compare, format_comparison
+    from fmmm.eval.compare import (
+        compare,
+        compare_wordings,
+        format_comparison,
+        format_wording_comparison,
+    )
     from fmmm.eval.lerobot_format import eval_info
     from fmmm.eval.rollout import evaluate, format_table
     from fmmm.utils.io import atomic_write_json, check_output_dir
 
+    if args.instruction is not None and args.wording != "templates":
+        raise ValueError(f"--instruction and --wording {args.wording} do not go together")
+    if args.wording == "both" and (args.compare or args.video):
+        raise ValueError("--wording both goes with --policy alone, not --compare or --video")
     if args.out is not None:  # before the evaluation, not after it
         check_output_dir(args.out, overwrite=args.overwrite)
     if args.video and args.out is None:
@@ -118,13 +137,22 @@ def _main(args: argparse.Namespace) -> int:
     if args.compare:
         if args.video:
             raise ValueError("--video does not go with --compare")
-        comparison = compare(*args.compare, tasks, args.episodes, **run_args)
+        comparison = compare(*args.compare, tasks, args.episodes, wording=args.wording, **run_args)
         print(format_comparison(comparison))
         if args.out is not None:
             atomic_write_json(args.out / "compare.json", comparison)
             print(f"wrote {args.out / 'compare.json'}")
         return 0
-    results = evaluate(args.policy, tasks, args.episodes, video_dir=video_dir, **run_args)
+    if args.wording == "both":
+        comparison = compare_wordings(args.policy, tasks, args.episodes, **run_args)
+        print(format_wording_comparison(comparison))
+        if args.out is not None:
+            atomic_write_json(args.out / "language.json", comparison)
+            print(f"wrote {args.out / 'language.json'}")
+        return 0
+    results = evaluate(
+        args.policy, tasks, args.episodes, video_dir=video_dir, wording=args.wording, **run_args
+    )
     print(format_table(results))
     if args.out is not None:
         atomic_write_json(args.out / "results.json", results)

@@ -1,7 +1,9 @@
-"""Paired comparison of two policies: both run on the same episodes (same seeds, so the same start
-states), then per task the difference in success with its 95% interval and an exact McNemar test.
+"""Paired comparisons on the same episodes (same seeds, so the same start states): two policies
+(`compare`), or one policy told the task templates and then wordings never seen in training
+(`compare_wordings`); per task the difference in success with its 95% interval and an exact
+McNemar test.
 
-Pairing removes the episode-to-episode variation both policies share, so it detects differences
+Pairing removes the episode-to-episode variation both runs share, so it detects differences
 that two independent evaluations of the same size would call noise.
 """
 
@@ -31,29 +33,8 @@ def compare(
         name: evaluate(policy, tasks, episodes, factory=factory, **evaluate_args)
         for name, policy, factory in zip("ab", (policy_a, policy_b), factories, strict=True)
     }
-    pairs = []
-    for row_a, row_b in zip(runs["a"]["episodes"], runs["b"]["episodes"], strict=True):
-        if (row_a["task"], row_a["episode"], row_a["seed"]) != (
-            row_b["task"],
-            row_b["episode"],
-            row_b["seed"],
-        ):
-            raise RuntimeError(f"unpaired episodes: {row_a['task']} {row_a['episode']}")
-        pairs.append(
-            {
-                "task": row_a["task"],
-                "episode": row_a["episode"],
-                "seed": row_a["seed"],
-                "success_a": row_a["success"],
-                "success_b": row_b["success"],
-            }
-        )
-    summary = {}
-    for task in tasks:
-        task_pairs = [p for p in pairs if p["task"] == task]
-        summary[task] = paired_comparison(
-            [p["success_a"] for p in task_pairs], [p["success_b"] for p in task_pairs]
-        )
+    pairs = paired_rows(runs["a"], runs["b"])
+    summary = {task: paired_summary([p for p in pairs if p["task"] == task]) for task in tasks}
     return {
         "policy_a": policy_a,
         "policy_b": policy_b,
@@ -65,6 +46,130 @@ def compare(
         "episodes": pairs,
         "runs": runs,
     }
+
+
+def paired_rows(run_a: dict[str, Any], run_b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The episodes of two evaluations side by side (task, index, seed, success of each); rows
+    that are not the same episodes raise RuntimeError."""
+    pairs = []
+    for row_a, row_b in zip(run_a["episodes"], run_b["episodes"], strict=True):
+        key = (row_a["task"], row_a["episode"], row_a["seed"])
+        if key != (row_b["task"], row_b["episode"], row_b["seed"]):
+            raise RuntimeError(f"unpaired episodes: {row_a['task']} {row_a['episode']}")
+        pairs.append(
+            {
+                "task": row_a["task"],
+                "episode": row_a["episode"],
+                "seed": row_a["seed"],
+                "success_a": row_a["success"],
+                "success_b": row_b["success"],
+            }
+        )
+    return pairs
+
+
+def paired_summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """`paired_comparison` of the successes of `pairs` (rows of `paired_rows`)."""
+    return paired_comparison([p["success_a"] for p in pairs], [p["success_b"] for p in pairs])
+
+
+def compare_wordings(
+    policy: str, tasks: list[str], episodes: int, factory: Any = None, **evaluate_args: Any
+) -> dict[str, Any]:
+    """Evaluate `policy` on the same episodes of `tasks` twice: told the task templates, then
+    wordings never seen in training (`fmmm.eval.language`); `evaluate_args` go to `evaluate`
+    (base_seed, split, num_envs, ...), `factory` is `load_policy(policy)` when loaded already.
+
+    Returns per task (and over all tasks, "all", when there are several) the success with the
+    templates and with unseen wordings, the loss (templates - unseen) with its 95% interval, the
+    discordant counts (only_templates, only_unseen), the exact McNemar p-value and the unseen
+    success by description style and by paraphrase; the paired episodes (with the unseen
+    instruction and its wording); and both evaluations in full.
+    """
+    from fmmm.policies.factory import load_policy
+
+    factory = factory or load_policy(policy, evaluate_args.get("policy_options"))
+    runs = {
+        wording: evaluate(
+            policy, tasks, episodes, factory=factory, wording=wording, **evaluate_args
+        )
+        for wording in ("templates", "unseen")
+    }
+    pairs = paired_rows(runs["templates"], runs["unseen"])
+    for pair, row in zip(pairs, runs["unseen"]["episodes"], strict=True):
+        pair["instruction"], pair["wording"] = row["instruction"], row["wording"]
+    groups = {task: [p for p in pairs if p["task"] == task] for task in tasks}
+    if len(tasks) > 1:
+        groups["all"] = pairs
+    summary = {}
+    for name, group in groups.items():
+        paired = paired_summary(group)
+        summary[name] = {
+            "episodes": paired["episodes"],
+            "success_templates": paired["success_a"],
+            "success_unseen": paired["success_b"],
+            "loss": paired["difference"],
+            "loss_ci95": paired["difference_ci95"],
+            "only_templates": paired["only_a"],
+            "only_unseen": paired["only_b"],
+            "both": paired["both"],
+            "p_value": paired["p_value"],
+            "unseen_by_style": _success_by(group, "style"),
+            "unseen_by_paraphrase": _success_by(group, "paraphrase"),
+        }
+    for pair in pairs:
+        pair["success_templates"] = pair.pop("success_a")
+        pair["success_unseen"] = pair.pop("success_b")
+    return {
+        "policy": policy,
+        "split": runs["templates"]["split"],
+        "base_seed": runs["templates"]["base_seed"],
+        "episodes_per_task": episodes,
+        "summary": summary,
+        "episodes": pairs,
+        "runs": runs,
+    }
+
+
+def _success_by(pairs: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """Episodes and success with unseen wordings per value of the wording's `key` (its style, or
+    its paraphrase index: 0 is the task's own sentence with reworded descriptions)."""
+    groups: dict[str, list[bool]] = {}
+    for pair in sorted(pairs, key=lambda p: p["wording"][key]):
+        groups.setdefault(str(pair["wording"][key]), []).append(pair["success_b"])
+    return {
+        value: {"episodes": len(wins), "success_rate": sum(wins) / len(wins)}
+        for value, wins in groups.items()
+    }
+
+
+def format_wording_comparison(comparison: dict[str, Any]) -> str:
+    """Plain-text table, one row per task (and "all"): success with the task templates and with
+    unseen wordings, the loss with its 95% interval, the discordant counts and the McNemar p."""
+    header = (
+        f"{'task':<24} {'n':>4} {'templates':>9} {'unseen':>7} {'loss':>7} {'95% CI':>17} "
+        f"{'tmpl only':>9} {'unseen only':>11} {'p':>8}"
+    )
+    lines = [
+        f"policy: {comparison['policy']}  split: {comparison['split']}  "
+        f"seed: {comparison['base_seed']}  wording: task templates vs unseen",
+        header,
+        "-" * len(header),
+    ]
+    for task, s in comparison["summary"].items():
+        low, high = s["loss_ci95"]
+        lines.append(
+            f"{task:<24} {s['episodes']:>4} {s['success_templates']:>9.1%} "
+            f"{s['success_unseen']:>7.1%} {s['loss']:>+7.1%} "
+            f"{f'[{low:+.1%}, {high:+.1%}]':>17} {s['only_templates']:>9} "
+            f"{s['only_unseen']:>11} {s['p_value']:>8.4g}"
+        )
+    lines.append(
+        "loss: success with the templates - with unseen wordings; "
+        "p: exact two-sided McNemar test on the episodes only one wording solved"
+    )
+    lines.append(format_control(comparison["runs"]["templates"]["timings"]["control"]))
+    return "\n".join(lines)
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 
 from fmmm.envs.seeds import episode_seed
 from fmmm.envs.tasks import fill_template
+from fmmm.eval.language import WORDINGS, episode_wording
 
 StepHook = Callable[[dict[str, Any], np.ndarray, dict[str, Any]], None]
 
@@ -67,19 +68,31 @@ def episode_steps(
     seed: int,
     instruction: str | None = None,
     on_step: StepHook | None = None,
+    wording: str = "templates",
 ) -> Generator[dict[str, Any], np.ndarray, dict[str, Any]]:
     """One episode, driven from outside: yields each observation to act on and takes the action
     by `send()`, so one caller can step several envs in lockstep and batch their policy calls.
 
     `instruction` replaces the task's; its {object} / {target} are filled from the episode's
-    labels. Returns success at any step and at the end, the length, the first success step, the
-    sum and maximum of the rewards, the instruction the policy saw, the seconds in `env.step` and
-    the final observation.
+    labels. `wording="unseen"` replaces it instead with a wording never seen in training, drawn
+    from `seed` (`fmmm.eval.language`). Returns success at any step and at the end, the length,
+    the first success step, the sum and maximum of the rewards, the instruction the policy saw and
+    how an unseen one was made (`wording`, else None), the seconds in `env.step` and the final
+    observation.
     """
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
+    if instruction is not None and wording != "templates":
+        raise ValueError(f"an instruction and wording {wording!r} do not go together")
     action_dim = int(np.prod(env.action_space.shape))
     observation, _ = env.reset(seed=seed)
-    if instruction is not None:
+    record = None
+    if wording == "unseen":
+        chosen = episode_wording(env, seed)
+        instruction, record = chosen.instruction, chosen.record()
+    elif instruction is not None:
         instruction = fill_instruction(env, instruction)
+    if instruction is not None:
         observation = {**observation, "instruction": instruction}
     shown_instruction = str(observation["instruction"])
     env_time = 0.0
@@ -107,6 +120,7 @@ def episode_steps(
     return {
         "seed": seed,
         "instruction": shown_instruction,
+        "wording": record,
         "scene": episode_layout(env),
         "success": first_success is not None,
         "success_end": success,
@@ -147,6 +161,7 @@ class SlotSettings:
     render: bool
     video_dir: str | None
     policy_source: str  # loaded again in a worker for a policy that acts beside its env
+    wording: str = "templates"  # or "unseen": a wording never seen in training per episode
 
 
 class EnvSlot:
@@ -200,7 +215,7 @@ class EnvSlot:
                 self.frames.append(video_frame(observation))
 
         seed = episode_seed(task, settings.base_seed, index, settings.seed_split)
-        self.steps = episode_steps(env, seed, settings.instruction, on_step)
+        self.steps = episode_steps(env, seed, settings.instruction, on_step, settings.wording)
         self.observation = next(self.steps)
         self.policy = None
         if own_policy:

@@ -33,6 +33,7 @@ from fmmm.eval.env_slots import (
     episode_steps,
     fill_instruction,
 )
+from fmmm.eval.language import WORDINGS, episode_wording
 from fmmm.eval.speed import measure_control_rate, policy_speed_facts, timed_calls
 from fmmm.eval.stats import wilson_interval
 from fmmm.policies.base import BatchPolicy, Policy
@@ -49,12 +50,13 @@ def run_episode(
     policy_seed: int,
     instruction: str | None = None,
     on_step: StepHook | None = None,
+    wording: str = "templates",
 ) -> dict[str, Any]:
     """Run one episode to termination or truncation; `on_step(obs, action, info)` sees every step.
 
     Returns what `episode_steps` returns, and the seconds spent in `policy.act`.
     """
-    steps = episode_steps(env, seed, instruction, on_step)
+    steps = episode_steps(env, seed, instruction, on_step, wording)
     observation = next(steps)
     if hasattr(policy, "seed"):
         policy.seed(policy_seed)
@@ -132,6 +134,7 @@ class LockstepWorker:
         factory: Any = None,
         processes: bool = False,
         policy_options: dict[str, Any] | None = None,
+        wording: str = "templates",
     ):
         from fmmm.policies.factory import load_policy
 
@@ -140,7 +143,7 @@ class LockstepWorker:
         render = getattr(self.factory, "uses_images", True) or video_dir is not None
         seed_split = EVAL_SPLITS[split]
         self.settings = SlotSettings(
-            base_seed, seed_split, instruction, render, video_dir, policy_source
+            base_seed, seed_split, instruction, render, video_dir, policy_source, wording
         )
         self.processes = processes
         self.slots: list[LocalSlot | ProcessSlot] = []
@@ -412,10 +415,12 @@ def ray_map(
             ray.kill(actor)
 
 
-def control_rate(factory: Any, env: Any, seed: int, instruction: str | None) -> dict[str, Any]:
+def control_rate(
+    factory: Any, env: Any, seed: int, instruction: str | None, wording: str = "templates"
+) -> dict[str, Any]:
     """The control rate of the factory's policy on `env` at the start of the episode `seed`
     (`measure_control_rate`), with the chunk size and forward passes per action it states."""
-    steps = episode_steps(env, seed, instruction)
+    steps = episode_steps(env, seed, instruction, wording=wording)
     observation = next(steps)
     steps.close()
     policy = factory(env)
@@ -444,6 +449,7 @@ def evaluate(
     split: str = "test",
     factory: Any = None,
     policy_options: dict[str, Any] | None = None,
+    wording: str = "templates",
 ) -> dict[str, Any]:
     """Evaluate `policy` (name or run dir) on `tasks`; per-episode rows, per-task summaries, timings.
 
@@ -458,6 +464,8 @@ def evaluate(
             seed streams.
         factory: `load_policy(policy)` when the caller has loaded it already.
         policy_options: replace values of the run's policy.json (`load_policy`), e.g. flow_steps.
+        wording: "templates" (the task's instruction, or `instruction`) or "unseen": each episode
+            told a wording never seen in training, drawn from its seed (`fmmm.eval.language`).
     """
     import fmmm.envs
     from fmmm.utils.progress import progress as progress_bar
@@ -472,6 +480,10 @@ def evaluate(
         raise ValueError(f"--envs-per-actor must be positive, got {envs_per_actor}")
     if split not in EVAL_SPLITS:
         raise ValueError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if wording not in WORDINGS:
+        raise ValueError(f"--wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
+    if instruction is not None and wording != "templates":
+        raise ValueError(f"--instruction and --wording {wording} do not go together")
     for task in tasks:
         if fmmm.envs.expand_tasks(task) != [task]:  # raises on an unknown name
             raise ValueError(f"{task!r} names several tasks; pass them one by one")
@@ -489,7 +501,11 @@ def evaluate(
     if executor == "local":
         # env worker processes start now, making their first envs while this process makes its own
         worker = LockstepWorker(
-            *initargs, factory=factory, processes=True, policy_options=policy_options
+            *initargs,
+            factory=factory,
+            processes=True,
+            policy_options=policy_options,
+            wording=wording,
         )
         worker.open(envs, [task for task, _ in items[:envs]])
     try:
@@ -497,9 +513,14 @@ def evaluate(
         for task in tasks:
             env = fmmm.envs.make_env(task, render=render)
             fingerprints[task] = env_fingerprint(env)
-            if instruction is not None:  # a bad placeholder fails here, before any rollout
-                env.reset(seed=episode_seed(task, base_seed, 0, EVAL_SPLITS[split]))
-                fill_instruction(env, instruction)
+            # a bad placeholder, or a task with no unseen wordings, fails here before any rollout
+            if instruction is not None or wording != "templates":
+                seed = episode_seed(task, base_seed, 0, EVAL_SPLITS[split])
+                env.reset(seed=seed)
+                if wording == "unseen":
+                    episode_wording(env, seed)
+                else:
+                    fill_instruction(env, instruction)
             if first_env is None:
                 first_env = env
             else:
@@ -507,12 +528,14 @@ def evaluate(
         if worker is not None:
             worker.ready()  # nothing else runs on the cores while the control rate is measured
         first_seed = episode_seed(tasks[0], base_seed, 0, EVAL_SPLITS[split])
-        control = {"task": tasks[0], **control_rate(factory, first_env, first_seed, instruction)}
+        control = control_rate(factory, first_env, first_seed, instruction, wording)
+        control = {"task": tasks[0], **control}
         first_env.close()
         rows = []
         start = time.perf_counter()
         if worker is None:
-            ray_args = (*initargs, None, False, policy_options)  # LockstepWorker's, positional
+            # LockstepWorker's arguments, positional
+            ray_args = (*initargs, None, False, policy_options, wording)
             results = ray_map(items, envs, envs_per_actor, ray_args, ray_address)
         else:
             results = worker.rows(items, envs)
@@ -558,6 +581,7 @@ def evaluate(
         "policy": policy,
         "split": split,
         "instruction_override": instruction,
+        "wording": wording,
         "base_seed": base_seed,
         "episodes_per_task": episodes,
         "environment": fingerprints,
@@ -591,8 +615,10 @@ def format_table(results: dict[str, Any]) -> str:
         f"{'mean len':>9} {'env steps/s':>12} {'actions/s':>10}"
     )
     timings = results["timings"]
+    wording = results.get("wording", "templates")
     lines = [
-        f"policy: {results['policy']}  split: {results['split']}  seed: {results['base_seed']}",
+        f"policy: {results['policy']}  split: {results['split']}  seed: {results['base_seed']}"
+        + (f"  wording: {wording}" if wording != "templates" else ""),
         header,
         "-" * len(header),
     ]
