@@ -51,13 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--demos", type=int, nargs="+", default=[5, 10, 25, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=2000, help="adaptation steps")
+    parser.add_argument("--steps", type=int, default=1500, help="adaptation steps")
     parser.add_argument("--episodes", type=int, default=50, help="test episodes per task")
     parser.add_argument(
-        "--pretrain-steps", type=int, default=6000, help="--holdout: pretraining steps"
+        "--pretrain-steps", type=int, default=5000, help="--holdout: pretraining steps"
     )
     parser.add_argument("--config", default="configs/vla/transfer.yaml")
-    parser.add_argument("--pretrain-config", default="configs/vla/suite.yaml")
+    parser.add_argument("--pretrain-config", default="configs/vla/transfer_pretrain.yaml")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/transfer"))
     parser.add_argument("--report", type=Path, default=Path("docs/benchmarks/transfer.md"))
     parser.add_argument(
@@ -86,12 +86,11 @@ def tasks(args: argparse.Namespace) -> list[str]:
 
 
 def pretrain_command(args: argparse.Namespace) -> list[str]:
-    """The cross-task variant's pretraining: the suite recipe on the five other tasks."""
+    """The cross-task variant's pretraining: the suite policy trained on the five other tasks."""
     others = ",".join(t for t in SUITE if t != args.holdout)
     return [
         "python", "-m", "fmmm.train", args.pretrain_config, f"task={others}",
-        f"train.steps={args.pretrain_steps}", "eval.episodes=10",
-        f"out_dir={pretrained_source(args)}",
+        f"train.steps={args.pretrain_steps}", f"out_dir={pretrained_source(args)}",
     ]  # fmt: skip
 
 
