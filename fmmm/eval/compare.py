@@ -143,56 +143,70 @@ def _success_by(pairs: list[dict[str, Any]], key: str) -> dict[str, dict[str, An
     }
 
 
+def _paired_table(
+    summary: dict[str, Any], titles: tuple[str, ...], keys: tuple[str, ...]
+) -> list[str]:
+    """Header, rule and one row per task of a paired summary: n, the two success rates, their
+    difference with its 95% interval, the discordant counts and the McNemar p. `titles` name the
+    columns rate A, rate B, difference, A only, B only; `keys` are the summary keys of those and of
+    the interval (success_a, success_b, difference, difference_ci95, only_a, only_b)."""
+    a, b, diff, only_a, only_b = titles
+    widths = [max(7, len(a)), max(7, len(b)), max(7, len(diff)), len(only_a), len(only_b)]
+    header = (
+        f"{'task':<24} {'n':>4} {a:>{widths[0]}} {b:>{widths[1]}} {diff:>{widths[2]}} "
+        f"{'95% CI':>17} {only_a:>{widths[3]}} {only_b:>{widths[4]}} {'p':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    rate_a, rate_b, difference, interval, count_a, count_b = keys
+    for task, s in summary.items():
+        low, high = s[interval]
+        lines.append(
+            f"{task:<24} {s['episodes']:>4} {s[rate_a]:>{widths[0]}.1%} "
+            f"{s[rate_b]:>{widths[1]}.1%} {s[difference]:>+{widths[2]}.1%} "
+            f"{f'[{low:+.1%}, {high:+.1%}]':>17} {s[count_a]:>{widths[3]}} "
+            f"{s[count_b]:>{widths[4]}} {s['p_value']:>8.4g}"
+        )
+    return lines
+
+
 def format_wording_comparison(comparison: dict[str, Any]) -> str:
     """Plain-text table, one row per task (and "all"): success with the task templates and with
     unseen wordings, the loss with its 95% interval, the discordant counts and the McNemar p."""
-    header = (
-        f"{'task':<24} {'n':>4} {'templates':>9} {'unseen':>7} {'loss':>7} {'95% CI':>17} "
-        f"{'tmpl only':>9} {'unseen only':>11} {'p':>8}"
-    )
     lines = [
         f"policy: {comparison['policy']}  split: {comparison['split']}  "
         f"seed: {comparison['base_seed']}  wording: task templates vs unseen",
-        header,
-        "-" * len(header),
-    ]
-    for task, s in comparison["summary"].items():
-        low, high = s["loss_ci95"]
-        lines.append(
-            f"{task:<24} {s['episodes']:>4} {s['success_templates']:>9.1%} "
-            f"{s['success_unseen']:>7.1%} {s['loss']:>+7.1%} "
-            f"{f'[{low:+.1%}, {high:+.1%}]':>17} {s['only_templates']:>9} "
-            f"{s['only_unseen']:>11} {s['p_value']:>8.4g}"
-        )
-    lines.append(
+        *_paired_table(
+            comparison["summary"],
+            ("templates", "unseen", "loss", "tmpl only", "unseen only"),
+            (
+                "success_templates",
+                "success_unseen",
+                "loss",
+                "loss_ci95",
+                "only_templates",
+                "only_unseen",
+            ),
+        ),
         "loss: success with the templates - with unseen wordings; "
-        "p: exact two-sided McNemar test on the episodes only one wording solved"
-    )
-    lines.append(format_control(comparison["runs"]["templates"]["timings"]["control"]))
+        "p: exact two-sided McNemar test on the episodes only one wording solved",
+        format_control(comparison["runs"]["templates"]["timings"]["control"]),
+    ]
     return "\n".join(lines)
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:
     """Plain-text table, one row per task: success of A and B, A - B with its 95% interval, the
     discordant counts and the exact McNemar p-value."""
-    header = (
-        f"{'task':<24} {'n':>4} {'A':>7} {'B':>7} {'A - B':>7} {'95% CI':>17} "
-        f"{'A only':>6} {'B only':>6} {'p':>8}"
-    )
     lines = [
         f"A: {comparison['policy_a']}  B: {comparison['policy_b']}  "
         f"split: {comparison['split']}  seed: {comparison['base_seed']}",
-        header,
-        "-" * len(header),
+        *_paired_table(
+            comparison["summary"],
+            ("A", "B", "A - B", "A only", "B only"),
+            ("success_a", "success_b", "difference", "difference_ci95", "only_a", "only_b"),
+        ),
+        "p: exact two-sided McNemar test on the episodes only one policy solved",
     ]
-    for task, s in comparison["summary"].items():
-        low, high = s["difference_ci95"]
-        lines.append(
-            f"{task:<24} {s['episodes']:>4} {s['success_a']:>7.1%} {s['success_b']:>7.1%} "
-            f"{s['difference']:>+7.1%} {f'[{low:+.1%}, {high:+.1%}]':>17} "
-            f"{s['only_a']:>6} {s['only_b']:>6} {s['p_value']:>8.4g}"
-        )
-    lines.append("p: exact two-sided McNemar test on the episodes only one policy solved")
     for name in ("a", "b"):
         lines.append(
             f"{name.upper()} {format_control(comparison['runs'][name]['timings']['control'])}"
