@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import copy
 import functools
+import gc
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -118,11 +119,18 @@ def ensure_process_group() -> None:
 
 
 def close_process_group() -> None:
-    """Destroy the default process group, if there is one (a no-op otherwise)."""
+    """Destroy the default process group, if there is one (a no-op otherwise).
+
+    Garbage is collected first and after: objects that still reference the group (a DDP
+    reducer, pending work) would otherwise keep its gloo threads alive to interpreter
+    finalization, which aborts the process even after `destroy_process_group`.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 _CLOSE_REGISTERED = False
