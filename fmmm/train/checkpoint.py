@@ -37,6 +37,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from fmmm.utils.io import atomic_dir, swap_in
 
 MANIFEST = "manifest.json"
+EMA_FILE = "ema.safetensors"  # the exponential moving average of the weights, when trained with one
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 _COMMON = ("scheduler.json", "rng.safetensors", "rng.json", "trainer.json")
@@ -160,8 +161,11 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]],
     scaler: Any = None,
     keep: int = 0,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `root` atomically; then keep only the newest `keep` (0: all)."""
+    """Write checkpoint `step` under `root` atomically; then keep only the newest `keep` (0: all).
+
+    `ema`: the moving average of the weights by parameter name, stored beside them."""
     root = Path(root)
     target = root / step_dir_name(step)
     with atomic_dir(target) as tmp:
@@ -170,7 +174,11 @@ def save_checkpoint(
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         _write_json(tmp / "optimizer.json", opt_meta)
         _write_common(tmp, step, scheduler, scaler, trainer_state, rng_states)
-        _write_manifest(tmp, step, "full", list(_REQUIRED))
+        names = list(_REQUIRED)
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / EMA_FILE))
+            names.append(EMA_FILE)
+        _write_manifest(tmp, step, "full", names)
     _prune(root, keep, target)
     return target
 
@@ -425,10 +433,15 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: Any = None,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load states in place from checkpoint `path`; return (trainer state, per-process RNG states)."""
+    """Load states in place from checkpoint `path`; return (trainer state, per-process RNG states).
+
+    `ema`: filled in place from the checkpoint's moving average (an error if it has none)."""
     path = Path(path)
     _require_usable(path)
+    if ema is not None:
+        _load_ema(path, ema)
     try:
         missing, unexpected = load_model(module, str(path / "model.safetensors"), strict=False)
     except RuntimeError as exc:  # load_state_dict's size mismatches: the model's shape changed
@@ -447,6 +460,23 @@ def load_checkpoint(
             _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), opt_meta)
         )
     return _load_schedule_and_rng(path, scheduler, scaler)
+
+
+def _load_ema(path: Path, ema: dict[str, torch.Tensor]) -> None:
+    if not (path / EMA_FILE).is_file():
+        raise ValueError(
+            f"checkpoint {path} has no {EMA_FILE}: it was written with train.ema_decay=0; "
+            "resume it with train.ema_decay=0 or start a new run"
+        )
+    stored = load_file(str(path / EMA_FILE))
+    if stored.keys() != ema.keys():
+        raise ValueError(
+            f"checkpoint {path}: {EMA_FILE} does not match the model's parameters "
+            f"(missing {sorted(ema.keys() - stored.keys())[:5]}, "
+            f"unexpected {sorted(stored.keys() - ema.keys())[:5]})"
+        )
+    for name, value in stored.items():
+        ema[name].copy_(value)
 
 
 def _require_usable(path: Path) -> None:

@@ -107,6 +107,9 @@ class TrainerConfig:
     peak_flops: float | None = None  # per process, for MFU; 0 / None: measured or looked up
     prefetch: bool = True  # build the next batch in a background thread
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient on some steps
+    # exponential moving average of the weights (0: none): evaluations, validation and the final
+    # module use the average; checkpoints keep both. Decay at step n: min(ema_decay, (1+n)/(10+n))
+    ema_decay: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     spike: SpikeConfig = field(default_factory=SpikeConfig)
@@ -137,6 +140,10 @@ class TrainerConfig:
             raise ValueError("train.precision=fp16 is not supported with FSDP here; use bf16")
         if self.compile_buckets < 1:
             raise ValueError(f"train.compile_buckets must be >= 1, got {self.compile_buckets}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        if self.ema_decay and self.distributed == "fsdp":
+            raise ValueError("train.ema_decay is not supported with train.distributed=fsdp")
 
 
 class SampleStream(Protocol):
@@ -225,6 +232,45 @@ def _rng_untouched() -> Iterator[None]:
         ckpt.restore_rng_state(state)
 
 
+class WeightAverage:
+    """Exponential moving average (fp32) of a module's trainable parameters.
+
+    The decay warms up as in Diffusion Policy and timm: at step n it is min(decay, (1+n)/(10+n)),
+    so the early average follows the fast-moving weights instead of the initialisation.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Fold the current weights in, after optimizer step `step` (1-based)."""
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        for name, param in self.params.items():
+            self.shadow[name].lerp_(param.detach().float(), weight)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        """Put the average into the module's parameters."""
+        for name, param in self.params.items():
+            param.copy_(self.shadow[name])
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """The module holds the average inside the block, its own weights again after it."""
+        with torch.no_grad():
+            raw = {n: p.detach().clone() for n, p in self.params.items()}
+            self.copy_to()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    param.copy_(raw[name])
+
+
 class Trainer:
     """Runs optimizer steps over a deterministic sample stream with checkpoints and spike guard."""
 
@@ -279,6 +325,9 @@ class Trainer:
         else:
             self.module, self.optimizer = acc.prepare(module, optimizer)
         self.peak_flops = cfg.peak_flops or device_peak_flops(acc.device, cfg.precision)
+        self.ema = (
+            WeightAverage(acc.unwrap_model(self.module), cfg.ema_decay) if cfg.ema_decay else None
+        )
         self.guard = SpikeGuard(cfg.spike)
         self.step = 0
         self.data_offset = 0  # data step = step + data_offset (rollbacks skip data windows)
@@ -333,6 +382,7 @@ class Trainer:
                 rng_states=rng_states,
                 scaler=acc.scaler,
                 keep=self.cfg.checkpoint.keep,
+                ema=self.ema.shadow if self.ema is not None else None,
             )
             self._event("checkpoint", path=str(path))
         acc.wait_for_everyone()
@@ -342,12 +392,18 @@ class Trainer:
         """Restore module, optimizer, scheduler, RNG, data position and counters from `path`."""
         acc = self.accelerator
         load = ckpt.load_sharded_checkpoint if ckpt.is_sharded(path) else ckpt.load_checkpoint
+        extra = {"ema": self.ema.shadow} if self.ema is not None else {}
+        if extra and ckpt.is_sharded(path):
+            raise ValueError(
+                f"checkpoint {path} is sharded (FSDP); train.ema_decay needs a full one"
+            )
         state, rng_states = load(
             path,
             module=acc.unwrap_model(self.module),
             optimizer=self.optimizer.optimizer,
             scheduler=self.scheduler,
             scaler=acc.scaler,
+            **extra,
         )
         self.step = int(state["step"])
         self.data_offset = int(state["data_offset"])
@@ -533,6 +589,8 @@ class Trainer:
         if reason is None:
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.step + 1)
         elif self.accelerator.scaler is not None:
             self.accelerator.scaler.update()  # clears the unscale record; shrinks the scale on inf
         self.optimizer.zero_grad(set_to_none=True)
@@ -567,7 +625,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         gathered = parallel.gathered_root(model) if self.sharded else contextlib.nullcontext()
-        with _rng_untouched(), torch.no_grad(), gathered:
+        averaged = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+        with _rng_untouched(), torch.no_grad(), gathered, averaged:
             metrics = {f"eval/{k}": float(v) for k, v in self.evaluate_fn(model).items()}
         model.train(was_training)
         if main:
@@ -615,6 +674,8 @@ class Trainer:
             self.save_checkpoint()
             if status == "completed":
                 eval_metrics = self.evaluate()
+                if self.ema is not None:
+                    self.ema.copy_to()  # the trained module is the average
             if self.sharded:
                 self._consolidate()
         finally:
