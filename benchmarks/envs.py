@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # fmmm.envs first: it picks the headless GL backend, which mujoco reads when first imported.
-    from fmmm.envs import task_names
+    from fmmm.envs import suite_task_names, task_names
     from fmmm.envs.env import mujoco
 
-    tasks = args.tasks or task_names()
+    tasks = args.tasks or suite_task_names()
     unknown = sorted(set(tasks) - set(task_names()))
     if unknown or args.steps < 1 or args.repeats < 1:
         print(

@@ -10,12 +10,15 @@ success with its Wilson interval and the paired difference with its interval and
     python -m benchmarks.transfer --pretrained runs/pretrain_tiny_conv/model --demos 5 10 25 50 --seeds 0 1 2
     # cross-task variant: pretrain a policy on the other five tasks, adapt to the sixth
     python -m benchmarks.transfer --holdout pick_place --demos 10 25 --seeds 0
+    # play variant: pretrain a policy on play episodes (tasks/play_*.yaml: move beside named
+    # things, no task of the suite), adapt it to every suite task
+    python -m benchmarks.transfer --play --demos 10 25 --seeds 0
     # report finished runs again without training
     python -m benchmarks.transfer --holdout pick_place --demos 10 25 --seeds 0 --report-only
 
 Each run writes `runs/transfer/<variant>/<demos>demos_<start>_seed<seed>/` and its log beside it;
 runs with a summary.json are not run again, so an interrupted benchmark resumes. The table goes
-to `--report` (default docs/benchmarks/transfer.md) with the commands and the machine.
+to `--report` (default docs/benchmarks/transfer_<variant>.md) with the commands and the machine.
 """
 
 from __future__ import annotations
@@ -49,17 +52,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=SUITE,
         help="cross-task variant: pretrain a policy on the other five tasks, adapt to this one",
     )
+    source.add_argument(
+        "--play",
+        action="store_true",
+        help="play variant: pretrain a policy on play episodes (--play-config), adapt to the suite",
+    )
     parser.add_argument("--demos", type=int, nargs="+", default=[5, 10, 25, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1500, help="adaptation steps")
     parser.add_argument("--episodes", type=int, default=50, help="test episodes per task")
     parser.add_argument(
-        "--pretrain-steps", type=int, default=5000, help="--holdout: pretraining steps"
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="pretraining steps (--holdout: 5000; --play: the play config's)",
     )
     parser.add_argument("--config", default="configs/vla/transfer.yaml")
     parser.add_argument("--pretrain-config", default="configs/vla/transfer_pretrain.yaml")
+    parser.add_argument("--play-config", default="configs/vla/play_pretrain.yaml")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/transfer"))
-    parser.add_argument("--report", type=Path, default=Path("docs/benchmarks/transfer.md"))
+    parser.add_argument(
+        "--report", type=Path, default=None, help="default docs/benchmarks/transfer_<variant>.md"
+    )
     parser.add_argument(
         "--override",
         action="append",
@@ -74,11 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must list numbers >= 0")
     if min(args.demos) < 1 or args.steps < 1 or args.episodes < 1:
         parser.error("--demos, --steps and --episodes must be >= 1")
+    if args.pretrain_steps is not None and args.pretrain_steps < 1:
+        parser.error("--pretrain-steps must be >= 1")
+    if args.pretrain_steps is None and args.holdout:
+        args.pretrain_steps = 5000
+    if args.report is None:
+        args.report = Path("docs/benchmarks") / f"transfer_{variant(args)}.md"
     return args
 
 
 def variant(args: argparse.Namespace) -> str:
-    return f"holdout_{args.holdout}" if args.holdout else "suite"
+    if args.holdout:
+        return f"holdout_{args.holdout}"
+    return "suite_play" if args.play else "suite"
 
 
 def tasks(args: argparse.Namespace) -> list[str]:
@@ -86,11 +108,18 @@ def tasks(args: argparse.Namespace) -> list[str]:
 
 
 def pretrain_command(args: argparse.Namespace) -> list[str]:
-    """The cross-task variant's pretraining: the suite policy trained on the five other tasks."""
+    """The pretraining run: the suite policy trained on the five other tasks (--holdout) or on
+    the play episodes (--play)."""
+    steps = [] if args.pretrain_steps is None else [f"train.steps={args.pretrain_steps}"]
+    if args.play:
+        return [
+            "python", "-m", "fmmm.train", args.play_config, *steps,
+            f"out_dir={pretrained_source(args)}",
+        ]  # fmt: skip
     others = ",".join(t for t in SUITE if t != args.holdout)
     return [
-        "python", "-m", "fmmm.train", args.pretrain_config, f"task={others}",
-        f"train.steps={args.pretrain_steps}", f"out_dir={pretrained_source(args)}",
+        "python", "-m", "fmmm.train", args.pretrain_config, f"task={others}", *steps,
+        f"out_dir={pretrained_source(args)}",
     ]  # fmt: skip
 
 
@@ -209,7 +238,7 @@ def write_report(args: argparse.Namespace, cells: list[dict], timings: dict[str,
             f"{pooled['p_value']:.2g} | {per_task} |"
         )
     lines += ["", "Commands:", "", "```bash"]
-    if args.holdout:
+    if args.holdout or args.play:
         lines.append(" ".join(pretrain_command(args)))
     for demos in args.demos:
         for start in STARTS:
@@ -234,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         from fmmm.utils.io import atomic_write_json
 
         source = pretrained_source(args)
-        if args.holdout and not (source / "summary.json").is_file():
+        if (args.holdout or args.play) and not (source / "summary.json").is_file():
             timings["pretrain"] = run_logged(pretrain_command(args), source)
         elif not source.exists():
             raise SystemExit(f"--pretrained {source} does not exist")

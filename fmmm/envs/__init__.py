@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from fmmm.envs import metaworld
-from fmmm.envs.spec import load_task, task_names
+from fmmm.envs.spec import load_task, suite_task_names, task_names
 
 if TYPE_CHECKING:
     from fmmm.envs.env import TabletopEnv
@@ -60,13 +60,14 @@ def env_class(task: str) -> type:
 
 
 def expand_tasks(spec: str) -> list[str]:
-    """Task names of a `--task` value: `all` (the fmmm suite), a suite such as `metaworld:mt10`,
+    """Task names of a `--task` value: `all` (the fmmm suite: every task spec but the play
+    specs, which make pretraining data), a suite such as `metaworld:mt10`,
     one task, or a comma-separated list of these; an unknown name raises ValueError."""
     known = task_names() + metaworld.task_names()
     tasks: list[str] = []
     for name in (part.strip() for part in spec.split(",")):
         if name == "all":
-            tasks += task_names()
+            tasks += suite_task_names()
         elif (suite := metaworld.suite_tasks(name)) is not None:
             tasks += suite
         elif name in known:
@@ -104,5 +105,6 @@ __all__ = [
     "load_task",
     "make_env",
     "register_envs",
+    "suite_task_names",
     "task_names",
 ]

@@ -195,6 +195,10 @@ class ScriptedExpert:
         target = line_point + direction * min(0.02, np.linalg.norm(goal[:2] - obj[:2]) + 0.005)
         return self._move(np.array([target[0], target[1], push_z]), CLOSE)
 
+    def _act_play(self) -> np.ndarray:
+        task = self.env.task
+        return self._move(task.goal(self.env.data), task.grip, task.yaw)
+
     def _act_open_drawer(self) -> np.ndarray:
         task, data = self.env.task, self.env.data
         handle = task.handle_pos(data)

@@ -13,7 +13,9 @@ from pathlib import Path
 from fmmm.config import ConfigError, load_config
 from fmmm.resources import data_dir
 
-KINDS = ("reach", "lift", "push", "pick_place", "stack", "open_drawer")
+KINDS = ("reach", "lift", "push", "pick_place", "stack", "open_drawer", "play")
+# Kinds that make pretraining data rather than a task of the suite (`all` leaves them out).
+PLAY_KINDS = ("play",)
 SHAPES = ("cube", "cylinder", "ball")
 COLOURS = {
     "red": (0.85, 0.15, 0.15, 1.0),
@@ -206,6 +208,18 @@ def task_path(name: str) -> Path:
 def task_names() -> list[str]:
     """Names of every task spec shipped in `tasks/` (snake_case, e.g. `pick_place`)."""
     return sorted(p.stem for p in data_dir("tasks").glob("*.yaml"))
+
+
+def suite_task_names() -> list[str]:
+    """Names of the task specs that make up the suite (`all`): every spec whose kind is not a
+    play kind (play specs make pretraining data, see `fmmm.envs.tasks.Play`)."""
+    return [name for name in task_names() if _kind_of(task_path(name)) not in PLAY_KINDS]
+
+
+def _kind_of(path: Path) -> str:
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(path).get("kind", TaskSpec.kind))
 
 
 def load_task(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TaskSpec:

@@ -1,7 +1,9 @@
 """Task kinds: initial-state sampling and success detection from the simulator state.
 
 Each kind (`reach`, `lift`, `push`, `pick_place`, `stack`, `open_drawer`) is registered by name;
-a task spec (`tasks/*.yaml`) picks one and supplies its objects, ranges and thresholds.
+a task spec (`tasks/*.yaml`) picks one and supplies its objects, ranges and thresholds. The `play`
+kind is not a task of the suite: its episodes move the gripper to a place named relative to a
+random object or target, under an instruction that says so, and make pretraining data.
 """
 
 from __future__ import annotations
@@ -236,6 +238,63 @@ class OpenDrawer(Task):
 
     def is_success(self, data: mujoco.MjData) -> bool:
         return self.drawer_opening(data) > self.spec.success.open_distance
+
+
+# Play goals: relation -> offset (metres) from the named thing's centre. The robot stands at
+# -x looking along +x, so its left is +y and "in front of" is towards it (-x).
+PLAY_RELATIONS = {
+    "above": (0.0, 0.0, 0.09),
+    "to the left of": (0.0, 0.07, 0.05),
+    "to the right of": (0.0, -0.07, 0.05),
+    "in front of": (-0.07, 0.0, 0.05),
+    "behind": (0.07, 0.0, 0.05),
+}
+PLAY_MIN_HEIGHT = 0.05  # goals stay this high above the table, clear of the objects
+
+
+@KIND_REGISTRY.register("play")
+class Play(Task):
+    """Move the gripper to a place named relative to one object or target of the scene.
+
+    At reset the episode draws the thing to name (any object or target), the relation
+    (`PLAY_RELATIONS`), the gripper's opening (open or closed throughout) and a wrist yaw; the
+    instruction says where to go ("move to the left of the green square"), and success is the
+    grasp point within `success.distance` of that place. Play episodes teach what every task
+    needs (find the named thing in the cameras, move relative to it) without doing any task of
+    the suite, so a policy pretrained on them can be compared with fresh weights on the suite.
+    """
+
+    def __init__(self, spec: TaskSpec, model: mujoco.MjModel):
+        super().__init__(spec, model)
+        self.anchors = [o.name for o in spec.objects] + [t.name for t in spec.targets]
+        self.relation = next(iter(PLAY_RELATIONS))
+        self.grip, self.yaw = -1.0, 0.0
+
+    def choose_target(self, rng: np.random.Generator) -> str | None:
+        # The named thing (object or target) is `target_name`; `object_name` stays the first
+        # candidate, so the instruction template's {object} is never a loose object by accident.
+        self.relation = str(rng.choice(list(PLAY_RELATIONS)))
+        self.grip = float(rng.choice([-1.0, 1.0]))
+        self.yaw = float(rng.uniform(-0.6, 0.6))
+        return str(rng.choice(self.anchors))
+
+    def goal(self, data: mujoco.MjData) -> np.ndarray:
+        """The place the instruction names, from the named thing's current position."""
+        goal = self.target_pos(data) + np.asarray(PLAY_RELATIONS[self.relation])
+        goal[2] = max(goal[2], PLAY_MIN_HEIGHT)
+        return goal
+
+    def instruction(self, template: str | None = None) -> str:
+        if template is not None:
+            return super().instruction(template)
+        return f"move {self.relation} the {self.labels[self.target_name]}"
+
+    def episode_record(self) -> dict[str, Any]:
+        return {**super().episode_record(), "relation": self.relation}
+
+    def is_success(self, data: mujoco.MjData) -> bool:
+        gap = np.linalg.norm(self.ee_pos(data) - self.goal(data))
+        return bool(gap < self.spec.success.distance)
 
 
 def fill_template(template: str, fields: dict[str, str], task: str) -> str:

@@ -30,6 +30,17 @@ def test_commands_differ_only_in_the_start_and_pair_the_same_demonstrations(tmp_
     holdout = transfer.parse_args(["--holdout", "stack", "--out-dir", str(tmp_path)])
     assert "task=reach,lift,push,pick_place,open_drawer" in transfer.pretrain_command(holdout)
     assert "task=stack" in transfer.adapt_command(holdout, 5, "scratch", 0)
+    assert "train.steps=5000" in transfer.pretrain_command(holdout)
+    play = transfer.parse_args(["--play", "--out-dir", str(tmp_path)])
+    pretrain = transfer.pretrain_command(play)
+    assert pretrain[3] == "configs/vla/play_pretrain.yaml" and not any(
+        "steps" in a for a in pretrain
+    )
+    assert f"out_dir={tmp_path}/suite_play/pretrain" in pretrain
+    adapt = transfer.adapt_command(play, 10, "pretrained", 0)
+    assert "task=reach,lift,push,pick_place,stack,open_drawer" in adapt
+    assert f"init.pretrained={tmp_path}/suite_play/pretrain" in adapt
+    assert play.report.name == "transfer_suite_play.md"
 
 
 def test_report_pairs_episodes_by_seed_and_pools_training_seeds(tmp_path):

@@ -26,7 +26,7 @@ MT10 = [
 
 def test_task_names_expand_suites_lists_and_all():
     assert fmmm.envs.expand_tasks("metaworld:mt10") == ["metaworld:" + t for t in MT10]
-    assert fmmm.envs.expand_tasks("all") == fmmm.envs.task_names()
+    assert fmmm.envs.expand_tasks("all") == fmmm.envs.suite_task_names()
     assert fmmm.envs.expand_tasks("reach, metaworld:push-v3,reach") == [
         "reach",
         "metaworld:push-v3",

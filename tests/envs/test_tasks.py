@@ -151,3 +151,52 @@ def test_initial_objects_respect_the_minimum_distance():
         for i in range(len(points)):
             for j in range(i):
                 assert np.linalg.norm(points[i] - points[j]) >= spec.init.min_distance - 1e-9
+
+
+def test_play_names_a_relation_and_succeeds_only_at_that_place():
+    from fmmm.envs.tasks import PLAY_RELATIONS
+
+    env = make_env("play_blocks", render=False)
+    seen = set()
+    for seed in range(30):
+        env.reset(seed=seed)
+        task = env.unwrapped.task
+        seen.add(task.relation)
+        label = task.labels[task.target_name]
+        assert env.unwrapped.episode_record()["instruction"] == f"move {task.relation} the {label}"
+        goal = task.goal(env.unwrapped.data)
+        anchor = task.target_pos(env.unwrapped.data)
+        expected = anchor + np.asarray(PLAY_RELATIONS[task.relation])
+        np.testing.assert_allclose(goal[:2], expected[:2])
+        assert goal[2] >= 0.05
+    assert seen == set(PLAY_RELATIONS)
+    # The detector fires at the named place and not 3 cm beside it.
+    env.reset(seed=0)
+    task, data = env.unwrapped.task, env.unwrapped.data
+    goal = task.goal(data)
+    assert not task.is_success(data)  # the arm starts away from it
+    assert task.is_success.__func__(_EePinned(task, goal), data)
+    assert not task.is_success.__func__(_EePinned(task, goal + [0.03, 0.0, 0.0]), data)
+
+
+class _EePinned:
+    """A stand-in for a Play task whose gripper sits at `ee` (the detector's own arithmetic)."""
+
+    def __init__(self, task, ee):
+        self._task, self._ee = task, np.asarray(ee)
+        self.spec = task.spec
+
+    def ee_pos(self, data):
+        return self._ee
+
+    def goal(self, data):
+        return self._task.goal(data)
+
+
+def test_the_suite_leaves_the_play_specs_out():
+    import fmmm.envs
+
+    suite = fmmm.envs.expand_tasks("all")
+    assert suite == ["lift", "open_drawer", "pick_place", "push", "reach", "stack"]
+    assert {"play_blocks", "play_shapes"} <= set(fmmm.envs.task_names())
+    assert fmmm.envs.expand_tasks("play_blocks,play_shapes") == ["play_blocks", "play_shapes"]
