@@ -105,7 +105,10 @@ class TrainerConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     eval_at_start: bool = False  # also evaluate the initial weights (fresh runs only)
     peak_flops: float | None = None  # per process, for MFU; 0 / None: measured or looked up
-    prefetch: bool = True  # build the next batch in a background thread
+    # Build the next batch in a background thread. None (auto): on when training on an accelerator,
+    # off on CPU, where the thread competes with the compute threads for the cores (on 2 cores it
+    # made VLA steps 1.2-1.35x slower; docs/benchmarks.md). Batches are the same either way.
+    prefetch: bool | None = None
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient on some steps
     # exponential moving average of the weights (0: none): evaluations, validation and the final
     # module use the average; checkpoints keep both. Decay at step n: min(ema_decay, (1+n)/(10+n))
@@ -194,6 +197,12 @@ def _as_output_dict(out: Any) -> dict[str, Any]:
     if isinstance(out, dict) and "loss" in out:
         return out
     raise ValueError('the module must return a dict with a "loss" key or a (loss, info) pair')
+
+
+def use_prefetch(setting: bool | None, device_type: str) -> bool:
+    """Whether to build batches in a background thread: `train.prefetch`, or when it is None
+    (auto) only on an accelerator (on CPU the thread takes cores from the compute threads)."""
+    return setting if setting is not None else device_type != "cpu"
 
 
 class _Prefetcher:
@@ -643,7 +652,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self._start()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        prefetcher = _Prefetcher(self.stream, cfg.prefetch)
+        prefetcher = _Prefetcher(self.stream, use_prefetch(cfg.prefetch, acc.device.type))
         bar = progress(
             total=cfg.steps,
             initial=self.step,

@@ -136,3 +136,11 @@ def test_gradient_accumulation_matches_the_whole_batch_in_one_step(tmp_path):
     assert whole.step == accumulated.step == 8
     for step, loss in losses(tmp_path / "whole").items():
         assert losses(tmp_path / "accum")[step] == pytest.approx(loss, rel=1e-5)
+
+
+def test_prefetch_is_auto_off_on_cpu_and_on_on_accelerators_unless_set():
+    from fmmm.train.trainer import TrainerConfig, use_prefetch
+
+    assert TrainerConfig().prefetch is None
+    assert use_prefetch(None, "cpu") is False and use_prefetch(None, "cuda") is True
+    assert use_prefetch(True, "cpu") is True and use_prefetch(False, "cuda") is False
