@@ -107,7 +107,7 @@ class TrainerConfig:
     peak_flops: float | None = None  # per process, for MFU; 0 / None: measured or looked up
     # Build the next batch in a background thread. None (auto): on when training on an accelerator,
     # off on CPU, where the thread competes with the compute threads for the cores (on 2 cores it
-    # made VLA steps 1.2-1.35x slower; docs/benchmarks.md). Batches are the same either way.
+    # made VLA steps 1.1-1.4x slower; docs/benchmarks.md). Batches are the same either way.
     prefetch: bool | None = None
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient on some steps
     # exponential moving average of the weights (0: none): evaluations, validation and the final
