@@ -250,6 +250,29 @@ PLAY_RELATIONS = {
     "behind": (0.07, 0.0, 0.05),
 }
 PLAY_MIN_HEIGHT = 0.05  # goals stay this high above the table, clear of the objects
+# How play instructions say it, as a captioner would: verbs and sentence openings, and words for
+# colours and shapes beyond the labels. Half of the play episodes describe the named thing with
+# the label ("green square"), the other half with a colour and a shape word drawn from these lists,
+# so pretraining ties these words to what the cameras see. (They include the synonyms that
+# `python -m fmmm.eval --wording unseen` uses; the suite's demonstrations use labels only.)
+PLAY_OPENINGS = ("move", "go", "put the gripper", "bring the gripper", "hover")
+PLAY_COLOUR_WORDS = {
+    "red": ("red", "crimson", "scarlet", "ruby"),
+    "green": ("green", "emerald", "jade", "lime"),
+    "blue": ("blue", "navy", "azure", "cobalt"),
+    "yellow": ("yellow", "golden", "lemon", "mustard"),
+    "purple": ("purple", "violet", "plum", "lilac"),
+    "orange": ("orange", "amber", "tangerine", "copper"),
+    "white": ("white", "ivory", "snowy", "pale"),
+    "black": ("black", "ebony", "jet", "dark"),
+}
+PLAY_SHAPE_WORDS = {
+    "cube": ("cube", "block", "box", "brick"),
+    "cylinder": ("cylinder", "can", "tube", "tin"),
+    "ball": ("ball", "sphere", "orb", "globe"),
+    "plate": ("plate", "dish", "saucer", "disc"),
+    "square": ("square", "pad", "mat", "tile"),
+}
 
 
 @KIND_REGISTRY.register("play")
@@ -257,18 +280,21 @@ class Play(Task):
     """Move the gripper to a place named relative to one object or target of the scene.
 
     At reset the episode draws the thing to name (any object or target), the relation
-    (`PLAY_RELATIONS`), the gripper's opening (open or closed throughout) and a wrist yaw; the
-    instruction says where to go ("move to the left of the green square"), and success is the
-    grasp point within `success.distance` of that place. Play episodes teach what every task
+    (`PLAY_RELATIONS`), the gripper's opening (open or closed throughout), a wrist yaw and the
+    wording; the instruction says where to go ("move to the left of the green square", "hover
+    above the jade tile"), and success is the grasp point within `success.distance` of that
+    place. Play episodes teach what every task
     needs (find the named thing in the cameras, move relative to it) without doing any task of
     the suite, so a policy pretrained on them can be compared with fresh weights on the suite.
     """
 
     def __init__(self, spec: TaskSpec, model: mujoco.MjModel):
         super().__init__(spec, model)
-        self.anchors = [o.name for o in spec.objects] + [t.name for t in spec.targets]
+        self.things = {o.name: o for o in spec.objects} | {t.name: t for t in spec.targets}
+        self.anchors = list(self.things)
         self.relation = next(iter(PLAY_RELATIONS))
         self.grip, self.yaw = -1.0, 0.0
+        self.opening, self.description = PLAY_OPENINGS[0], ""
 
     def choose_target(self, rng: np.random.Generator) -> str | None:
         # The named thing (object or target) is `target_name`; `object_name` stays the first
@@ -276,7 +302,15 @@ class Play(Task):
         self.relation = str(rng.choice(list(PLAY_RELATIONS)))
         self.grip = float(rng.choice([-1.0, 1.0]))
         self.yaw = float(rng.uniform(-0.6, 0.6))
-        return str(rng.choice(self.anchors))
+        anchor = str(rng.choice(self.anchors))
+        thing = self.things[anchor]
+        self.opening = str(rng.choice(PLAY_OPENINGS))
+        self.description = thing.label
+        if rng.random() < 0.5:
+            colour = str(rng.choice(PLAY_COLOUR_WORDS[thing.colour]))
+            shape = str(rng.choice(PLAY_SHAPE_WORDS[thing.shape]))
+            self.description = f"{colour} {shape}"
+        return anchor
 
     def goal(self, data: mujoco.MjData) -> np.ndarray:
         """The place the instruction names, from the named thing's current position."""
@@ -287,7 +321,7 @@ class Play(Task):
     def instruction(self, template: str | None = None) -> str:
         if template is not None:
             return super().instruction(template)
-        return f"move {self.relation} the {self.labels[self.target_name]}"
+        return f"{self.opening} {self.relation} the {self.description}"
 
     def episode_record(self) -> dict[str, Any]:
         return {**super().episode_record(), "relation": self.relation}

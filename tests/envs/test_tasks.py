@@ -154,22 +154,27 @@ def test_initial_objects_respect_the_minimum_distance():
 
 
 def test_play_names_a_relation_and_succeeds_only_at_that_place():
-    from fmmm.envs.tasks import PLAY_RELATIONS
+    from fmmm.envs.tasks import PLAY_COLOUR_WORDS, PLAY_OPENINGS, PLAY_RELATIONS, PLAY_SHAPE_WORDS
 
     env = make_env("play_blocks", render=False)
-    seen = set()
-    for seed in range(30):
+    seen, labelled = set(), 0
+    for seed in range(40):
         env.reset(seed=seed)
         task = env.unwrapped.task
         seen.add(task.relation)
-        label = task.labels[task.target_name]
-        assert env.unwrapped.episode_record()["instruction"] == f"move {task.relation} the {label}"
+        thing = task.things[task.target_name]
+        instruction = env.unwrapped.episode_record()["instruction"]
+        opening, _, rest = instruction.partition(f" {task.relation} the ")
+        assert opening in PLAY_OPENINGS and rest == task.description
+        colour, shape = rest.split(" ")  # the description names the thing's colour and shape
+        assert colour in PLAY_COLOUR_WORDS[thing.colour] and shape in PLAY_SHAPE_WORDS[thing.shape]
+        labelled += rest == thing.label
         goal = task.goal(env.unwrapped.data)
         anchor = task.target_pos(env.unwrapped.data)
         expected = anchor + np.asarray(PLAY_RELATIONS[task.relation])
         np.testing.assert_allclose(goal[:2], expected[:2])
         assert goal[2] >= 0.05
-    assert seen == set(PLAY_RELATIONS)
+    assert seen == set(PLAY_RELATIONS) and 10 <= labelled <= 35
     # The detector fires at the named place and not 3 cm beside it.
     env.reset(seed=0)
     task, data = env.unwrapped.task, env.unwrapped.data
