@@ -375,8 +375,8 @@ class LockstepWorker:
 class _RayEvalWorker:
     """A Ray actor holding one `LockstepWorker` (one policy copy) and its environments."""
 
-    def __init__(self, *initargs: Any):
-        self.worker = LockstepWorker(*initargs)
+    def __init__(self, *initargs: Any, **options: Any):
+        self.worker = LockstepWorker(*initargs, **options)
 
     def run(self, items: list[tuple[str, int]], num_envs: int) -> Iterator[dict[str, Any]]:
         yield from self.worker.rows(items, num_envs)
@@ -388,12 +388,14 @@ def ray_map(
     envs_per_actor: int,
     initargs: tuple,
     address: str = "",
+    options: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the rows of `items` as episodes finish, on Ray actors (1 CPU each) of the cluster at
     `address` (empty: a local cluster): `num_envs` envs in all, `envs_per_actor` per actor.
 
     Actor a of n runs items[a::n]; its envs are stepped in lockstep in the actor's process
-    (`LockstepWorker`); `initargs` are `LockstepWorker`'s arguments.
+    (`LockstepWorker`); `initargs` and `options` are `LockstepWorker`'s positional and keyword
+    arguments.
     """
     from fmmm.utils.ray_cluster import connect, worker_runtime_env
 
@@ -401,7 +403,7 @@ def ray_map(
     count = math.ceil(num_envs / envs_per_actor)
     envs = math.ceil(num_envs / count)  # evenly: 10 envs at 8 per actor are 2 actors of 5
     remote = ray.remote(num_cpus=1, runtime_env=worker_runtime_env())(_RayEvalWorker)
-    actors = [remote.remote(*initargs) for _ in range(count)]
+    actors = [remote.remote(*initargs, **(options or {})) for _ in range(count)]
     try:
         pending = [actor.run.remote(items[a::count], envs) for a, actor in enumerate(actors)]
         while pending:  # rows of all actors' streams, as they come
@@ -534,9 +536,8 @@ def evaluate(
         rows = []
         start = time.perf_counter()
         if worker is None:
-            # LockstepWorker's arguments, positional
-            ray_args = (*initargs, None, False, policy_options, wording)
-            results = ray_map(items, envs, envs_per_actor, ray_args, ray_address)
+            options = {"policy_options": policy_options, "wording": wording}
+            results = ray_map(items, envs, envs_per_actor, initargs, ray_address, options)
         else:
             results = worker.rows(items, envs)
         for row in progress_bar(
