@@ -79,7 +79,7 @@ def load_config(
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _refuse_renamed([item.split("=", 1)[0]], schema, f"override {item!r}")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = _apply_override(merged, item)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override {item!r}: {_one_line(exc)}") from None
     try:
@@ -99,6 +99,26 @@ def load_config(
         raise ConfigError(_one_line(exc)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid value: {_one_line(exc)}") from None
+
+
+def _apply_override(merged: Any, item: str) -> Any:
+    """`merged` with the override `key=value` applied. A mapping given for a free-form mapping
+    (such as `data.task_weights={}`) replaces it, as the command line means; for a section of the
+    schema, its keys are merged in (`model.backbone={dim: 64}` sets dim and keeps the rest)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    parsed = OmegaConf.from_dotlist([item])
+    key = item.split("=", 1)[0].strip()
+    value = OmegaConf.select(parsed, key)
+    node = OmegaConf.select(merged, key, throw_on_missing=False)
+    if (
+        isinstance(value, DictConfig)
+        and isinstance(node, DictConfig)
+        and OmegaConf.get_type(node) is dict
+    ):
+        OmegaConf.update(merged, key, value, merge=False)
+        return merged
+    return OmegaConf.merge(merged, parsed)
 
 
 def _refuse_non_finite(merged: Any) -> None:

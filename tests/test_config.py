@@ -70,3 +70,24 @@ def test_split_cli_separates_path_and_overrides():
     assert split_cli(["a.yaml", "x=1", "y.z=2"]) == ("a.yaml", ["x=1", "y.z=2"])
     with pytest.raises(ConfigError):
         split_cli(["a.yaml", "b.yaml"])
+
+
+@dataclass
+class WeightsConfig:
+    weights: dict[str, float] = field(default_factory=dict)
+    model: ModelSection = field(default_factory=ModelSection)
+
+
+def test_a_mapping_override_replaces_a_free_form_mapping_and_merges_into_a_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("weights: {push: 1.5, stack: 2.0}\nmodel: {width: 128}\n")
+    assert load_config(WeightsConfig, path, ["weights={}"]).weights == {}
+    assert load_config(WeightsConfig, path, ["weights={lift: 0.5}"]).weights == {"lift": 0.5}
+    assert load_config(WeightsConfig, path, ["weights.lift=0.5"]).weights == {
+        "push": 1.5,
+        "stack": 2.0,
+        "lift": 0.5,
+    }
+    assert load_config(WeightsConfig, path, ["model={heads: 8}"]).model == ModelSection(128, 8)
+    with pytest.raises(ConfigError, match="weights"):
+        load_config(WeightsConfig, path, ["weights={push: abc}"])
